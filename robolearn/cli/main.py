@@ -1,0 +1,137 @@
+"""The `robolearn` command. Each subcommand is a few lines over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import robolearn
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: one line, exit code 2."""
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from robolearn.data.record import RecordConfig, record
+
+    cfg = RecordConfig(
+        rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
+        image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
+        codec=args.codec,
+    )
+    bar = tqdm(total=cfg.episodes, desc=f"record {cfg.rig}", unit="ep", file=sys.stderr, disable=args.quiet)
+
+    def progress(s):  # noqa: ANN001, ANN202
+        bar.n = s.successes
+        bar.set_postfix(attempts=s.attempts, kept_failures=s.failures_kept, refresh=False)
+        bar.refresh()
+
+    s = record(cfg, progress)
+    bar.close()
+    print(
+        f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
+        f"from {s.attempts} attempts, {s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; "
+        f"rollout {s.rollout_seconds:.1f}s, render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)"
+        + (" — interrupted, the episode in progress was dropped" if s.interrupted else "")
+    )
+    if s.successes < cfg.episodes and not s.interrupted:
+        print(f"warning: only {s.successes} of {cfg.episodes} attempts succeeded within the attempt limit", file=sys.stderr)
+    return 130 if s.interrupted else 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from robolearn.data.inspect import format_info, info
+
+    d = info(args.store)
+    print(json.dumps(d, indent=2) if args.json else format_info(d))
+    return 0
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robolearn.data.inspect import verify
+
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}")
+    rep = verify(args.store)
+    if rep.ok:
+        print(f"{rep.path}: OK — {rep.episodes} episodes, {rep.chunks_read} chunk reads, schema consistent")
+        return 0
+    for p in rep.problems:
+        print(f"{rep.path}: {p}", file=sys.stderr)
+    return 1
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from robolearn.quickstart import quickstart
+
+    quickstart(args.out, episodes=args.episodes, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
+    p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("record", help="record teleoperated (or scripted-expert) demonstrations into a store")
+    r.add_argument("--rig", required=True, help="what to record from: sim:<task> (lift, can, square, stack)")
+    r.add_argument("--teleop", default="expert", help="who drives: expert (scripted, simulation only)")
+    r.add_argument("--episodes", type=int, default=10, help="successful episodes to record (default 10)")
+    r.add_argument("--out", required=True, help="store directory (created or appended to)")
+    r.add_argument("--cameras", default="", help="comma-separated cameras, e.g. agentview,robot0_eye_in_hand")
+    r.add_argument("--image-size", type=int, default=84, help="square image size in pixels (default 84)")
+    r.add_argument("--depth", action="store_true", help="also record depth (uint16 millimetres)")
+    r.add_argument("--seed", type=int, default=0, help="first reset seed (default 0)")
+    r.add_argument("--keep-failures", action="store_true", help="keep failed attempts, marked success=false")
+    r.add_argument("--codec", default="qoi", choices=["qoi", "jpeg"], help="image codec: qoi (lossless) or jpeg")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_record)
+
+    d = sub.add_parser("data", help="inspect and check demonstration stores")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    di = dsub.add_parser("info", help="episodes, steps, keys, fps, successes, size")
+    di.add_argument("store")
+    di.add_argument("--json", action="store_true", help="machine-readable output")
+    di.set_defaults(func=cmd_data_info)
+    dv = dsub.add_parser("verify", help="read every chunk and check the schema (exit 1 on a problem)")
+    dv.add_argument("store")
+    dv.set_defaults(func=cmd_data_verify)
+
+    q = sub.add_parser("quickstart", help="run the simulated pipeline end to end on the CPU")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--episodes", type=int, default=20, help="expert demonstrations to record (default 20)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from robolearn.data.schema import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, StoreError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        # User mistakes get one line and exit code 2; anything else is a bug and keeps its traceback.
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        print(f"robolearn: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robolearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The teleop data-collection loop behind `robolearn record`.
+
+A rig (``sim:<task>`` here; real rigs come from ``hardware/``) is driven by a teleoperator (the
+scripted ``expert`` in simulation) and every attempt becomes one episode of the store.
+
+Simulation records fast: the expert runs in an environment without cameras, keeping the MuJoCo
+state of every tick, and only attempts worth keeping are rendered afterwards from those states
+(as robomimic does), so failed attempts cost no rendering at all.
+
+Determinism: attempt k uses reset seed ``seed + k``, and a run appending to an existing store
+continues after the highest seed it already holds, so a run that was killed and restarted
+produces the same episodes as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, KeySpec, SchemaError
+from robolearn.data.store import DemoStore
+
+LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos", "object")
+
+
+@dataclass
+class RecordConfig:
+    rig: str
+    out: str
+    episodes: int = 10
+    teleop: str = "expert"
+    cameras: Sequence[str] = ()
+    image_size: int = 84
+    depth: bool = False
+    seed: int = 0
+    keep_failures: bool = False
+    codec: str = "qoi"
+    # Control ticks kept after the task first succeeds, so policies also learn what "done" looks like.
+    hold_steps: int = 5
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
+        if not 8 <= self.image_size <= 1024:
+            raise ValueError(f"--image-size must be between 8 and 1024, got {self.image_size}")
+        if not self.rig.startswith("sim:"):
+            raise ValueError(f"unknown rig {self.rig!r}: use sim:<task> (e.g. sim:lift)")
+        if self.teleop != "expert":
+            raise ValueError(f"teleoperator {self.teleop!r} is not available for the simulated rig; use --teleop expert")
+        cams = [c.strip() for c in self.cameras if c.strip()]
+        if len(set(cams)) != len(cams):
+            raise ValueError(f"--cameras lists a camera twice: {','.join(cams)}")
+        self.cameras = cams
+
+
+@dataclass
+class RecordSummary:
+    out: str
+    committed: int = 0
+    successes: int = 0
+    failures_kept: int = 0
+    attempts: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    rollout_seconds: float = 0.0
+    render_seconds: float = 0.0
+    write_seconds: float = 0.0
+    interrupted: bool = False
+    episode_indices: list[int] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def check_store_matches(store: DemoStore, cfg: RecordConfig) -> None:
+    """Fail before any work when the store was recorded with other cameras or image sizes."""
+    have = set(store.streams) - {CONTROL_STREAM}
+    if store.n_episodes and have != set(cfg.cameras):
+        raise SchemaError(
+            f"{store.path} holds cameras [{','.join(sorted(have)) or 'none'}], this run records "
+            f"[{','.join(cfg.cameras) or 'none'}]; use the same --cameras or another --out"
+        )
+    for cam in cfg.cameras:
+        spec = store.streams.get(cam, {}).get(f"{cam}_image")
+        if spec is not None and spec.shape[:2] != (cfg.image_size, cfg.image_size):
+            raise SchemaError(
+                f"{store.path} holds {cam} images of {spec.shape[1]}x{spec.shape[0]}, this run records "
+                f"{cfg.image_size}x{cfg.image_size}; use --image-size {spec.shape[0]} or another --out"
+            )
+    if cfg.depth and store.n_episodes and cfg.cameras and f"{cfg.cameras[0]}_depth" not in store.streams.get(cfg.cameras[0], {}):
+        raise SchemaError(f"{store.path} was recorded without depth; drop --depth or use another --out")
+
+
+def _next_seed(store: DemoStore, seed: int) -> int:
+    seeds = [e.seed for e in store.episodes() if e.seed is not None]
+    return max(seed, max(seeds) + 1) if seeds else seed
+
+
+def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None = None) -> RecordSummary:
+    """Record ``cfg.episodes`` successful episodes (plus kept failures) into ``cfg.out``."""
+    from robolearn.sim import load_task, make_env, make_expert
+
+    task = load_task(cfg.rig.split(":", 1)[1])
+    store = DemoStore.open(cfg.out, mode="a")
+    try:
+        check_store_matches(store, cfg)
+    except Exception:
+        store.close()
+        raise
+    summary = RecordSummary(out=str(cfg.out))
+    roll_env = make_env(task, cameras=(), seed=cfg.seed)
+    render_env = make_env(task, cameras=cfg.cameras, image_size=cfg.image_size, depth=cfg.depth) if cfg.cameras else None
+    max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
+    seed = _next_seed(store, cfg.seed)
+    t_start = time.perf_counter()
+
+    # SIGTERM (e.g. from a supervisor) ends the run like Ctrl-C: the episode in flight is dropped,
+    # everything committed stays.
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    try:
+        while summary.successes < cfg.episodes and summary.attempts < max_attempts:
+            summary.attempts += 1
+            t0 = time.perf_counter()
+            ep = _rollout(roll_env, make_expert(task.name, np.random.default_rng(seed)), seed, cfg.hold_steps)
+            summary.rollout_seconds += time.perf_counter() - t0
+            summary.steps += len(ep["action"])
+            keep = ep["success"] or cfg.keep_failures
+            if keep:
+                t0 = time.perf_counter()
+                frames = _render(render_env, ep["sim_state"]) if render_env else {}
+                summary.render_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                info = EpisodeInfo(
+                    task=task.text, success=bool(ep["success"]), source="expert", rig=cfg.rig,
+                    fps=float(roll_env.control_freq), seed=seed,
+                    notes={"task_name": task.name, "teleop": cfg.teleop, "image_size": cfg.image_size},
+                )
+                idx = _write_episode(store, ep, frames, info, task.name, cfg)
+                summary.write_seconds += time.perf_counter() - t0
+                summary.episode_indices.append(idx)
+                summary.committed += 1
+                if ep["success"]:
+                    summary.successes += 1
+                else:
+                    summary.failures_kept += 1
+            seed += 1
+            if progress:
+                progress(summary)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
+        summary.seconds = time.perf_counter() - t_start
+        roll_env.close()
+        if render_env:
+            render_env.close()
+        store.close()
+    return summary
+
+
+def _rollout(env, expert, seed: int, hold_steps: int) -> dict[str, np.ndarray]:  # noqa: ANN001 - SimEnv
+    obs, _ = env.reset(seed=seed)
+    expert.reset(env)
+    rows: dict[str, list] = {k: [] for k in (*LOWDIM_KEYS, "action", "sim_state", "t", "reward")}
+    success_at = None
+    for _ in range(env.horizon):
+        action = np.asarray(expert.act(env, obs), dtype=np.float32)
+        rows["t"].append(env.sim_time)
+        rows["sim_state"].append(env.get_state())
+        for k in LOWDIM_KEYS:
+            rows[k].append(obs[k])
+        rows["action"].append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rows["reward"].append(float(reward))
+        if success_at is None and info.get("success"):
+            success_at = len(rows["action"])
+        if (success_at is not None and len(rows["action"]) >= success_at + hold_steps) or terminated or truncated:
+            break
+    out = {k: np.asarray(v) for k, v in rows.items()}
+    out["success"] = success_at is not None
+    return out
+
+
+def _render(env, states: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN001 - SimEnv
+    frames: dict[str, list] = {}
+    for s in states:
+        for k, v in env.render_state(s).items():
+            frames.setdefault(k, []).append(v)
+    return {k: np.stack(v) for k, v in frames.items()}
+
+
+def _write_episode(store: DemoStore, ep: dict, frames: dict[str, np.ndarray], info: EpisodeInfo,
+                   task_name: str, cfg: RecordConfig) -> int:
+    if CONTROL_STREAM not in store.streams:
+        specs = {k: KeySpec.infer(ep[k][0]) for k in (*LOWDIM_KEYS, "action")}
+        # Exact MuJoCo state, so images can be re-rendered later at any size or camera.
+        specs["sim_state"] = KeySpec(shape=ep["sim_state"].shape[1:], dtype="float64")
+        store.declare_stream(CONTROL_STREAM, specs)
+    for cam in cfg.cameras:
+        if cam not in store.streams:
+            keys = {f"{cam}_image": KeySpec(shape=frames[f"{cam}_image"].shape[1:], dtype="uint8", kind="rgb", codec=cfg.codec)}
+            if cfg.depth:
+                keys[f"{cam}_depth"] = KeySpec(shape=frames[f"{cam}_depth"].shape[1:], dtype="uint16", kind="depth",
+                                               depth_scale=0.001)
+            store.declare_stream(cam, keys)
+    t = ep["t"].astype(np.float64)
+    with store.begin_episode() as w:
+        # The sim has one clock: it stamps both the "device" capture time and the host receive time.
+        w.extend(CONTROL_STREAM, t, t, **{k: ep[k] for k in (*LOWDIM_KEYS, "action", "sim_state")})
+        for cam in cfg.cameras:
+            vals = {f"{cam}_image": frames[f"{cam}_image"]}
+            if cfg.depth:
+                vals[f"{cam}_depth"] = frames[f"{cam}_depth"]
+            w.extend(cam, t, t, **vals)
+        w.set_column("reward", ep["reward"].astype(np.float32), provenance={"source": "sim", "task": task_name})
+        return w.commit(info)

@@ -1,0 +1,45 @@
+"""Synthetic stores built with the real writer (imported by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from robolearn.data.schema import EpisodeInfo, KeySpec
+from robolearn.data.store import DemoStore
+
+
+def synth_episode(rng: np.random.Generator, length: int, cam_rate: float = 1.5, size: int = 16) -> dict:
+    """Control at 20 Hz; a camera at ``cam_rate`` x that with its own jittered clock; depth."""
+    t_ctrl = np.arange(length) / 20.0
+    n_cam = int(length * cam_rate)
+    t_cam = np.sort(np.arange(n_cam) / (20.0 * cam_rate) + rng.uniform(0, 0.004, n_cam))
+    img = rng.integers(0, 256, (n_cam, size, size, 3), dtype=np.uint8)
+    img[:, : size // 2] = 40  # some structure so the codec compresses
+    return {
+        "t_ctrl": t_ctrl,
+        "t_cam": t_cam,
+        "action": rng.normal(size=(length, 4)).astype(np.float32),
+        "state": rng.normal(size=(length, 3)).astype(np.float32),
+        "image": img,
+        "depth": rng.integers(0, 5000, (n_cam, size, size), dtype=np.uint16),
+    }
+
+
+def write_synth_store(path: Path, lengths: list[int], seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    eps = []
+    with DemoStore.open(path, mode="a") as store:
+        store.declare_stream("control", {"action": KeySpec((4,), "float32"), "state": KeySpec((3,), "float32")})
+        store.declare_stream("cam", {"cam_image": KeySpec((16, 16, 3), "uint8", "rgb"),
+                                     "cam_depth": KeySpec((16, 16), "uint16", "depth", depth_scale=0.001)})
+        for i, n in enumerate(lengths):
+            ep = synth_episode(rng, n)
+            with store.begin_episode() as w:
+                w.extend("control", ep["t_ctrl"] + 0.01, ep["t_ctrl"], action=ep["action"], state=ep["state"])
+                w.extend("cam", ep["t_cam"] + 0.02, ep["t_cam"], cam_image=ep["image"], cam_depth=ep["depth"])
+                w.set_column("reward", np.linspace(0, 1, n, dtype=np.float32), provenance={"source": "test"})
+                w.commit(EpisodeInfo(task="synthetic", success=i % 2 == 0, fps=20.0, seed=i))
+            eps.append(ep)
+    return eps

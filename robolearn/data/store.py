@@ -132,10 +132,11 @@ class DemoStore:
     def _open(self) -> None:
         try:
             if self.mode == "a" and not (self.path / "zarr.json").exists():
-                root = zarr.open_group(str(self.path), mode="a")
-                root.attrs["robolearn"] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "n_episodes": 0}
-                root.create_group("episodes").create_array("info", shape=(0,), chunks=(256,), dtype=str)
+                # The root metadata is born with its attributes, so a reader never sees a half-made store.
+                meta = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "n_episodes": 0}
+                root = zarr.open_group(str(self.path), mode="a", attributes={"robolearn": meta})
                 root.create_group("columns")
+                root.create_group("episodes").create_array("info", shape=(0,), chunks=(256,), dtype=str)
             root = zarr.open_group(str(self.path), mode="r" if self.mode == "r" else "r+")
         except StoreError:
             raise
@@ -159,12 +160,21 @@ class DemoStore:
         for name, grp in self.root.groups():
             if name in ("episodes", "columns", "stats"):
                 continue
-            specs = {k: KeySpec.from_json(v) for k, v in grp.attrs.get("keys", {}).items()}
+            if "keys" not in grp.attrs:  # being declared right now; its key list is written last
+                continue
+            specs = {k: KeySpec.from_json(v) for k, v in grp.attrs["keys"].items()}
             self.streams[name] = specs
             self._arrays[name] = {k: grp[k] for k in (*RESERVED, *specs)}
-        self._info = self.root["episodes/info"]
+        try:
+            self._info = self.root["episodes/info"]
+            col_groups = list(self.root["columns"].groups())
+        except KeyError:
+            if self._n:
+                raise StoreError(f"{self.path}: episodes/info is missing but {self._n} episodes are committed") from None
+            # a store being created right now by its writer: empty so far
+            self._info, col_groups = None, []
         self.columns: dict[str, dict[str, zarr.Array]] = {
-            name: {"values": g["values"], "provenance": g["provenance"]} for name, g in self.root["columns"].groups()
+            name: {"values": g["values"], "provenance": g["provenance"]} for name, g in col_groups
         }
         self._ends_cache: dict[str, np.ndarray] = {}
         self._info_cache: list[EpisodeInfo] | None = None
@@ -242,7 +252,8 @@ class DemoStore:
 
     def episodes(self) -> list[EpisodeInfo]:
         if self._info_cache is None:
-            self._info_cache = [EpisodeInfo.from_json(str(s)) for s in self._info[: self._n]]
+            rows = self._info[: self._n] if self._n else []
+            self._info_cache = [EpisodeInfo.from_json(str(s)) for s in rows]
         return self._info_cache
 
     def read_column(self, name: str, episode: int) -> tuple[np.ndarray, dict[str, Any] | None]:

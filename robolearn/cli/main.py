@@ -28,15 +28,19 @@ def cmd_record(args: argparse.Namespace) -> int:
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
         codec=args.codec,
     )
-    bar = tqdm(total=cfg.episodes, desc=f"record {cfg.rig}", unit="ep", file=sys.stderr, disable=args.quiet)
+    bars: list = []
 
-    def progress(s):  # noqa: ANN001, ANN202
-        bar.n = s.successes
-        bar.set_postfix(attempts=s.attempts, kept_failures=s.failures_kept, refresh=False)
-        bar.refresh()
+    def progress(s):  # noqa: ANN001, ANN202 - created lazily so config errors print no empty bar
+        if not bars:
+            bars.append(tqdm(total=cfg.episodes, desc=f"record {cfg.rig}", unit="ep", file=sys.stderr,
+                             disable=args.quiet))
+        bars[0].n = s.successes
+        bars[0].set_postfix(attempts=s.attempts, kept_failures=s.failures_kept, refresh=False)
+        bars[0].refresh()
 
     s = record(cfg, progress)
-    bar.close()
+    if bars:
+        bars[0].close()
     print(
         f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
         f"from {s.attempts} attempts, {s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; "

@@ -1,0 +1,80 @@
+"""The `robolearn` command as a user meets it: one clear line and exit 2 for mistakes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robolearn", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["record", "--rig", "sim:lift"], "--out"),
+        (["record", "--rig", "sim:lift", "--out", "x", "--episodes", "many"], "invalid int value"),
+        (["record", "--rig", "robot:ur5", "--out", "x"], "unknown rig 'robot:ur5'"),
+        (["record", "--rig", "sim:nosuchtask", "--out", "x"], "unknown task 'nosuchtask'"),
+        (["record", "--rig", "sim:lift", "--teleop", "spacemouse", "--out", "x"], "teleoperator 'spacemouse'"),
+        (["record", "--rig", "sim:lift", "--out", "x", "--episodes", "0"], "--episodes must be at least 1"),
+        (["record", "--rig", "sim:lift", "--out", "x", "--image-size", "3"], "--image-size"),
+        (["data", "info", "does/not/exist.zarr"], "no store at does/not/exist.zarr"),
+        (["data", "verify", "does/not/exist.zarr"], "no store at does/not/exist.zarr"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_clear_line(tmp_path, args, needle):
+    res = run(*args, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_malformed_task_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: lift\n  horizon: [unclosed\n")
+    res = run("record", "--rig", f"sim:{bad}", "--out", str(tmp_path / "s.zarr"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "bad.yaml" in res.stderr
+
+
+def test_info_and_verify(synth_store, tmp_path):
+    path, eps = synth_store
+    res = run("data", "info", str(path), "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["episodes"] == len(eps) and d["steps"] == sum(len(e["action"]) for e in eps)
+    assert d["success"] == 3 and d["failure"] == 2
+    assert d["streams"]["cam"]["keys"]["cam_image"] == {"shape": [16, 16, 3], "dtype": "uint8", "kind": "rgb",
+                                                        "codec": "robolearn.qoi"}
+    assert d["size_bytes"] > 0 and d["fps"] == [20.0]
+    text = run("data", "info", str(path)).stdout
+    assert "episodes  5" in text and "cam_image" in text
+    ok = run("data", "verify", str(path))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    # corrupt one frame of episode 2 (rows 37.. in the camera stream)
+    shard = next(p for p in (path / "cam" / "cam_image" / "c").rglob("*") if p.is_file())
+    raw = bytearray(shard.read_bytes())
+    from robolearn.data.store import DemoStore
+
+    store = DemoStore.open(path)
+    a, _ = store.episode_range("cam", 2)
+    reader_index = _frame_offset(shard, a)
+    raw[reader_index + 10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    bad = run("data", "verify", str(path))
+    assert bad.returncode == 1
+    assert "episode 2, key cam/cam_image" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _frame_offset(shard, row: int) -> int:
+    import numpy as np
+
+    data = shard.read_bytes()
+    index = np.frombuffer(data[-(128 * 16 + 4):-4], dtype="<u8").reshape(128, 2)
+    return int(index[row][0])

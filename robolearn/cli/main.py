@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StoreError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
         # User mistakes get one line and exit code 2; anything else is a bug and keeps its traceback.
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
-        print(f"robolearn: error: {msg}", file=sys.stderr)
+        print(f"robolearn: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robolearn: interrupted", file=sys.stderr)

@@ -109,7 +109,8 @@ def _next_seed(store: DemoStore, seed: int) -> int:
 
 def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None = None) -> RecordSummary:
     """Record ``cfg.episodes`` successful episodes (plus kept failures) into ``cfg.out``."""
-    from robolearn.sim import load_task, make_env, make_expert
+    from robolearn.sim import load_task, make_env
+    from robolearn.sim.experts import make_expert
 
     task = load_task(cfg.rig.split(":", 1)[1])
     store = DemoStore.open(cfg.out, mode="a")

@@ -76,6 +76,40 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robolearn.policies.train import load_recipe, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if not Path(args.data).exists():
+        raise UsageError(f"no store at {args.data}: record one first (robolearn record ... --out {args.data})")
+    res = train(recipe, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    val = "-" if res["val_loss"] is None else f"{res['val_loss']:.4f}"
+    print(f"{res['run']}: {res['steps']} steps, train loss {res['train_loss']:.4f}, val loss {val}, "
+          f"{res['seconds']:.0f}s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robolearn.sim.evaluate import evaluate, load_suite, run_suite, write_report
+
+    if args.suite:
+        report = run_suite(load_suite(args.suite), args.out)
+    else:
+        if not args.policy or not args.task:
+            raise UsageError("give --policy RUN and --task NAME, or --suite FILE")
+        results = [evaluate(p, t, args.episodes, args.n_envs, args.videos, args.out)
+                   for p in args.policy for t in _csv(args.task)]
+        report = write_report(results, args.out)
+    for r in report["results"]:
+        lo, hi = r["wilson95"]
+        print(f"{r['task']:8s} {r['checkpoint']}: success {r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
+              f"over {r['episodes']} episodes, {r['inference_ms_per_chunk']:.1f} ms/chunk")
+    print(f"report: {args.out}/report.json, {args.out}/summary.md")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from robolearn.quickstart import quickstart
 
@@ -111,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     dv = dsub.add_parser("verify", help="read every chunk and check the schema (exit 1 on a problem)")
     dv.add_argument("store")
     dv.set_defaults(func=cmd_data_verify)
+
+    t = sub.add_parser("train", help="train a diffusion or flow policy on a store")
+    t.add_argument("--recipe", required=True, help="training recipe, e.g. policies/diffusion_lowdim.yaml")
+    t.add_argument("--data", required=True, help="demonstration store")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.steps=1000")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate policies in simulation")
+    e.add_argument("--policy", action="append", help="run directory or checkpoint (repeatable)")
+    e.add_argument("--task", help="task name(s), comma-separated")
+    e.add_argument("--suite", help="suite file, e.g. sim/suites/lift.yaml")
+    e.add_argument("--episodes", type=int, default=50)
+    e.add_argument("--n-envs", type=int, default=2, help="parallel environment processes")
+    e.add_argument("--videos", type=int, default=2, help="episodes to save as MP4 per task and policy")
+    e.add_argument("--out", required=True, help="output directory")
+    e.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("quickstart", help="run the simulated pipeline end to end on the CPU")
     q.add_argument("--out", required=True, help="output directory")

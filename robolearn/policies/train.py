@@ -1,0 +1,312 @@
+"""Behaviour-cloning training of diffusion and flow policies on a demonstration store.
+
+One readable loop, top to bottom. Distribution, mixed precision and device placement come from
+Hugging Face Accelerate, so the same file runs on one CPU, one GPU, or several GPUs and nodes via
+``accelerate launch`` or ``torchrun`` with no code change.
+
+    robolearn train --recipe policies/diffusion_lowdim.yaml --data data/lift.zarr --out runs/lift \
+        train.steps=5000 policy.backbone=transformer
+
+Run directory: ``recipe.yaml`` (resolved), ``checkpoints/step_XXXXXXX/`` and ``checkpoints/last/``
+(see ``checkpoint.py``), ``trainer_state.pt`` (optimiser, scheduler, step, RNG) for ``--resume``,
+``tb/`` TensorBoard logs, ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+# ----------------------------------------------------------------------------- recipe
+
+
+@dataclass
+class DataSection:
+    obs_keys: list[str]
+    action_key: str = "action"
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    val_ratio: float = 0.05
+    normalization: str = "minmax"
+    in_memory: bool = False
+
+
+@dataclass
+class TrainSection:
+    steps: int = 10000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    num_workers: int = 2
+    val_every: int = 1000
+    val_batches: int = 20
+    ckpt_every: int = 5000
+    log_every: int = 50
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+
+
+@dataclass
+class Recipe:
+    policy: dict[str, Any]
+    data: DataSection
+    train: TrainSection = field(default_factory=TrainSection)
+    name: str = ""
+
+
+def _coerce(value: str) -> Any:
+    """`key=value` overrides are YAML scalars: numbers, booleans, lists."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. train.steps=1000)")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if p not in node else node[p]
+                if not isinstance(node[p], dict):
+                    raise ValueError(f"override {key!r}: {p!r} is not a section")
+            node = node[p]
+        node[parts[-1]] = _coerce(value)
+    return raw
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    fields = cls.__dataclass_fields__
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    out = {}
+    for k, v in raw.items():
+        default = fields[k].default
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise ValueError(f"{where}.{k}: expected true/false, got {v!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{where}.{k}: expected an integer, got {v!r}")
+        if isinstance(default, float) and not isinstance(v, int | float):
+            raise ValueError(f"{where}.{k}: expected a number, got {v!r}")
+        out[k] = v
+    try:
+        return cls(**out)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Load, override and validate a training recipe; errors name the file and the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping with policy, data and train sections")
+    raw = apply_overrides(raw, overrides)
+    unknown = set(raw) - {"policy", "data", "train", "name"}
+    if unknown:
+        raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}; allowed: policy, data, train, name")
+    if not isinstance(raw.get("policy"), dict) or "type" not in raw["policy"]:
+        raise ValueError(f"{p}: section 'policy' needs a 'type'")
+    if "data" not in raw:
+        raise ValueError(f"{p}: section 'data' (obs_keys, horizon, ...) is missing")
+    recipe = Recipe(policy=raw["policy"], data=_section(DataSection, raw["data"], f"{p}: data"),
+                    train=_section(TrainSection, raw.get("train", {}), f"{p}: train"), name=raw.get("name", p.stem))
+    # Window sizes live in the data section; the policy takes them from there.
+    for k in ("n_obs_steps", "horizon", "n_action_steps"):
+        recipe.policy[k] = getattr(recipe.data, k)
+    return recipe
+
+
+def recipe_to_dict(r: Recipe) -> dict[str, Any]:
+    return {"name": r.name, "policy": r.policy, "data": r.data.__dict__, "train": r.train.__dict__}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(warmup: int, total: int):  # noqa: ANN202
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to zero
+
+    return f
+
+
+def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Train ``recipe`` on store ``data`` into run directory ``out``; returns final metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from robolearn.data.dataset import WindowDataset, make_loader
+    from robolearn.policies.checkpoint import save_checkpoint
+    from robolearn.policies.factory import make_policy, shape_meta_from_dataset
+
+    out = Path(out)
+    tr, dc = recipe.train, recipe.data
+    state_path = out / "trainer_state.pt"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ValueError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
+    if resume and not state_path.is_file():
+        raise ValueError(f"--resume: {out} has no trainer_state.pt to resume from")
+
+    mp = tr.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    set_seed(tr.seed, device_specific=True)  # different data order per process, same init below
+    main = acc.is_main_process
+
+    # --- data: one store, a train and a validation split by episode
+    kw = dict(obs_keys=dc.obs_keys, action_key=dc.action_key, n_obs_steps=dc.n_obs_steps, horizon=dc.horizon,
+              n_action_steps=dc.n_action_steps, val_ratio=dc.val_ratio, seed=tr.seed, in_memory=dc.in_memory)
+    train_ds = WindowDataset(data, split="train", **kw)
+    val_ds = WindowDataset(data, split="val", **kw) if dc.val_ratio > 0 else None
+    if len(train_ds) < tr.batch_size:
+        raise ValueError(f"{data}: {len(train_ds)} training windows, fewer than one batch of {tr.batch_size}")
+    train_loader = make_loader(train_ds, tr.batch_size, shuffle=True, num_workers=tr.num_workers, seed=tr.seed)
+    val_loader = (make_loader(val_ds, tr.batch_size, shuffle=True, num_workers=0, seed=tr.seed, drop_last=False)
+                  if val_ds is not None and len(val_ds) else None)
+
+    # --- policy, with normalisation statistics of the whole store inside it
+    _seed_everything(tr.seed)  # identical initial weights on every process
+    policy = make_policy(recipe.policy, shape_meta_from_dataset(train_ds))
+    policy.set_normalizer(train_ds.normalizer(dc.normalization))
+    opt = torch.optim.AdamW(policy.parameters(), lr=tr.lr, weight_decay=tr.weight_decay, betas=(0.95, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tr.warmup_steps, tr.steps))
+    model, opt, train_loader = acc.prepare(policy, opt, train_loader)
+
+    step = 0
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        unwrapped = acc.unwrap_model(model)
+        unwrapped.load_state_dict(state["model"])
+        if unwrapped.ema is not None and state.get("ema") is not None:
+            unwrapped.ema.load_state_dict(state["ema"], state["ema_step"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    writer = SummaryWriter(str(out / "tb")) if main else None
+    metrics_file = open(out / "metrics.jsonl", "a") if main else None  # noqa: SIM115
+
+    def validate() -> float | None:
+        if val_loader is None:
+            return None
+        unwrapped = acc.unwrap_model(model)
+        unwrapped.eval()
+        losses = []
+        with torch.no_grad():
+            for i, batch in enumerate(val_loader):
+                if i >= tr.val_batches:
+                    break
+                losses.append(float(unwrapped.compute_loss(batch)))
+        unwrapped.train()
+        return float(np.mean(losses)) if losses else None
+
+    def checkpoint(tag: str) -> None:
+        acc.wait_for_everyone()
+        if not main:
+            return
+        unwrapped = acc.unwrap_model(model)
+        extra = {"step": step, "recipe": recipe_to_dict(recipe), "data": str(data)}
+        path = save_checkpoint(unwrapped, out / "checkpoints" / tag, extra=extra)
+        last = out / "checkpoints" / "last"
+        if last.exists():
+            shutil.rmtree(last)
+        shutil.copytree(path, last)
+        tmp = state_path.with_suffix(".tmp")
+        ema = unwrapped.ema
+        torch.save({"model": unwrapped.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "rng": torch.get_rng_state(),
+                    "ema": ema.state_dict() if ema is not None else None, "ema_step": ema.step if ema else 0}, tmp)
+        os.replace(tmp, state_path)
+
+    # --- the loop
+    model.train()
+    bar = tqdm(total=tr.steps, initial=step, desc=f"train {recipe.name}", disable=not (main and progress),
+               dynamic_ncols=True)
+    t_start, loss_ema, last_val = time.perf_counter(), None, None
+    while step < tr.steps:
+        for batch in train_loader:
+            with acc.autocast():
+                loss = model(batch)  # Policy.forward == compute_loss, so DDP syncs gradients
+            acc.backward(loss)
+            if tr.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), tr.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            acc.unwrap_model(model).update_ema()
+            step += 1
+
+            loss_v = float(loss.detach())
+            loss_ema = loss_v if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_v
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.4f}", val=f"{last_val:.4f}" if last_val is not None else "-",
+                            refresh=False)
+            if main and step % tr.log_every == 0:
+                writer.add_scalar("train/loss", loss_v, step)
+                writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+                metrics_file.write(json.dumps({"step": step, "loss": loss_v, "lr": sched.get_last_lr()[0]}) + "\n")
+            if step % tr.val_every == 0 or step == tr.steps:
+                last_val = validate() if main else None
+                if main and last_val is not None:
+                    writer.add_scalar("val/loss", last_val, step)
+                    metrics_file.write(json.dumps({"step": step, "val_loss": last_val}) + "\n")
+            if step % tr.ckpt_every == 0 or step == tr.steps:
+                checkpoint(f"step_{step:07d}")
+            if step >= tr.steps:
+                break
+    bar.close()
+    result = {"steps": step, "train_loss": loss_ema, "val_loss": last_val,
+              "seconds": time.perf_counter() - t_start, "run": str(out)}
+    if main:
+        writer.close()
+        metrics_file.close()
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    acc.end_training()
+    return result

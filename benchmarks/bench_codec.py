@@ -56,12 +56,15 @@ def main() -> None:
     print(f"{len(frames)} frames of {frames.shape[1:]} from {args.store}")
     res = {"frames": len(frames), "shape": list(frames.shape[1:]), "machine": machine(), "codecs": {}}
     for name, (enc, dec) in CODECS.items():
-        t = time.perf_counter()
         blobs = [enc(f) for f in frames]
-        enc_ms = (time.perf_counter() - t) / len(frames) * 1e3
-        t = time.perf_counter()
-        out = [dec(b, f.shape) for b, f in zip(blobs, frames, strict=True)]
-        dec_ms = (time.perf_counter() - t) / len(frames) * 1e3
+        enc_ms = dec_ms = float("inf")
+        for _ in range(3):  # best of three: the machine is noisy
+            t = time.perf_counter()
+            blobs = [enc(f) for f in frames]
+            enc_ms = min(enc_ms, (time.perf_counter() - t) / len(frames) * 1e3)
+            t = time.perf_counter()
+            out = [dec(b, f.shape) for b, f in zip(blobs, frames, strict=True)]
+            dec_ms = min(dec_ms, (time.perf_counter() - t) / len(frames) * 1e3)
         lossless = all(np.array_equal(o, f) for o, f in zip(out, frames, strict=True))
         size = sum(len(b) for b in blobs) / len(frames) * 1000
         res["codecs"][name] = {"bytes_per_1000_frames": int(size), "encode_ms": enc_ms, "decode_ms": dec_ms,
@@ -71,9 +74,11 @@ def main() -> None:
     key = "agentview_image"
     reader = FrameReader(store.array(key), store.committed_rows(store.stream_of(key)))
     rows = rng.integers(0, reader.committed_rows, 4000)
-    t = time.perf_counter()
-    reader.read(rows)
-    read_ms = (time.perf_counter() - t) / len(rows) * 1e3
+    read_ms = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        reader.read(rows)
+        read_ms = min(read_ms, (time.perf_counter() - t) / len(rows) * 1e3)
     t = time.perf_counter()
     for r in rows[:200]:
         store.array(key)[int(r)]

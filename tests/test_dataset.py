@@ -21,8 +21,9 @@ def test_windows_match_a_manual_gather(synth_store):
         np.testing.assert_array_equal(item["action"].numpy(), ep["action"][local])
         np.testing.assert_array_equal(item["obs"]["state"].numpy(), ep["state"][local[:2]])
         cam = align_to_reference(ep["t_ctrl"], ep["t_cam"])[local[:2]]
-        img = torch.from_numpy(ep["image"][cam]).permute(0, 3, 1, 2).float() / 255
-        torch.testing.assert_close(item["obs"]["cam_image"], img)
+        img = torch.from_numpy(ep["image"][cam]).permute(0, 3, 1, 2)
+        assert item["obs"]["cam_image"].dtype == torch.uint8
+        assert torch.equal(item["obs"]["cam_image"], img)
         depth = torch.from_numpy(ep["depth"][cam].astype(np.float32))[:, None] * 0.001
         torch.testing.assert_close(item["obs"]["cam_depth"], depth)
         assert int(item["episode"]) == e
@@ -59,3 +60,21 @@ def test_bad_keys(synth_store):
         WindowDataset(path, ["state"], action_key="cam_depth")
     with pytest.raises(ValueError, match="n_action_steps"):
         WindowDataset(path, ["state"], horizon=4, n_action_steps=8)
+
+
+def test_decoded_frame_cache_serves_repeat_reads(synth_store):
+    path, _ = synth_store
+    kw = dict(obs_keys=["cam_image", "cam_depth"], n_obs_steps=2, horizon=4, n_action_steps=2, split="all")
+    cached = WindowDataset(path, frame_cache_mb=64, **kw)
+    plain = WindowDataset(path, frame_cache_mb=0, **kw)
+    idx = list(range(len(cached)))
+    first = cached.__getitems__(idx)
+    shards = [f for key in ("cam_image", "cam_depth") for f in (path / "cam" / key / "c").rglob("*") if f.is_file()]
+    assert len(shards) >= 2
+    for shard in shards:  # every frame is cached now: the files are not needed
+        shard.unlink()
+    again = cached.__getitems__(idx[::-1])
+    for k in first["obs"]:
+        assert torch.equal(again["obs"][k], first["obs"][k].flip(0))
+    with pytest.raises(Exception, match="missing"):
+        plain.__getitems__(idx)

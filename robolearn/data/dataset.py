@@ -7,8 +7,9 @@ frames of each camera stream, ``FrameReader`` fetches frames from disk (or RAM w
     {"obs": {key: (B, n_obs_steps, ...)}, "action": (B, horizon, A), "episode": (B,)}
 
 Low-dim values come back raw (float32); policies normalise with the statistics that travel in their
-checkpoints (``dataset.normalizer()``). Images come back float32 (B, T, C, H, W) in [0, 1], depth as
-metres with a channel axis, as diffusion_policy's datasets do.
+checkpoints (``dataset.normalizer()``). Images come back uint8 (B, T, C, H, W): a quarter of the bytes
+of float32 to pass between worker processes and to the GPU; policies scale them to [0, 1] on their
+device. Depth comes back as float32 metres with a channel axis.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class WindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         in_memory: bool = False,
         align_method: str = "latest",
+        frame_cache_mb: int = 1024,
     ) -> None:
         self.store = store if isinstance(store, DemoStore) else DemoStore.open(store)
         self.path = Path(self.store.path)
@@ -85,6 +87,11 @@ class WindowDataset(torch.utils.data.Dataset):
         self._in_memory = in_memory
         self._frames: dict[str, np.ndarray] = {}
         self._readers: dict[str, FrameReader] | None = None
+        # Decoded-frame cache per process: training revisits every frame each epoch, and decoding
+        # (~30 us a frame) costs ten times more than copying one. Keys whose frames fit the budget
+        # are cached densely; np.empty costs no memory until frames are actually decoded into it.
+        self.frame_cache_mb = 0 if in_memory else frame_cache_mb
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if in_memory:
             for k in self.frame_rows:
                 stream = keys[k][0]
@@ -108,6 +115,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = None
+        state["_cache"] = {}  # each worker fills its own
         state["store"] = None
         return state
 
@@ -124,6 +132,23 @@ class WindowDataset(torch.utils.data.Dataset):
             committed = int(self.store.ends(stream)[self.n_episodes - 1])
             self._readers[key] = FrameReader(self.store.array(key), committed)
         return self._readers[key]
+
+    def _read_frames(self, key: str, rows: np.ndarray) -> np.ndarray:
+        reader = self._reader(key)
+        cache = self._cache.get(key)
+        if cache is None:
+            frame_bytes = int(np.prod(self.specs[key].shape)) * np.dtype(self.specs[key].dtype).itemsize
+            used = sum(c[0].nbytes for c in self._cache.values())
+            if used + reader.committed_rows * frame_bytes > self.frame_cache_mb * 2**20:
+                return reader.read(rows)
+            cache = self._cache[key] = (np.empty((reader.committed_rows, *self.specs[key].shape), self.specs[key].dtype),
+                                        np.zeros(reader.committed_rows, dtype=bool))
+        frames, filled = cache
+        missing = np.unique(rows[~filled[rows]])
+        if len(missing):
+            frames[missing] = reader.read(missing)
+            filled[missing] = True
+        return frames[rows]
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -146,11 +171,11 @@ class WindowDataset(torch.utils.data.Dataset):
                 continue
             frames = self.frame_rows[k][obs_rows]
             flat = frames.reshape(-1)
-            data = self._frames[k][flat] if self._in_memory else self._reader(k).read(flat)
+            data = self._frames[k][flat] if self._in_memory else self._read_frames(k, flat)
             spec = self.specs[k]
             if spec.kind == "rgb":
-                t = torch.from_numpy(data).reshape(*frames.shape, *spec.shape)
-                obs[k] = t.permute(0, 1, 4, 2, 3).float().div_(255.0)
+                # uint8 (B, T, C, H, W): the policy scales to [0, 1] on its own device
+                obs[k] = torch.from_numpy(data).reshape(*frames.shape, *spec.shape).permute(0, 1, 4, 2, 3)
             else:  # depth: uint16 units -> metres, with a channel axis
                 t = torch.from_numpy(data.astype(np.float32)).reshape(*frames.shape, 1, *spec.shape)
                 obs[k] = t.mul_(float(spec.depth_scale))

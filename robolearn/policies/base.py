@@ -377,7 +377,10 @@ class Policy(nn.Module):
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"observation {k!r} has batch size {x.shape[0]}, others {batch}")
             batch = x.shape[0]
-            x = x[:, -n:].to(dev, torch.float32)
+            x = x[:, -n:]
+            # Loaders ship images as uint8 (4x less to copy between processes and to the GPU);
+            # scale to [0, 1] only here, on the policy's device.
+            x = x.to(dev).float().div_(255.0) if x.dtype == torch.uint8 else x.to(dev, torch.float32)
             out[k] = self.normalizer.normalize(k, x) if spec.kind == "lowdim" else x
         return out
 

@@ -43,6 +43,7 @@ class DataSection:
     val_ratio: float = 0.05
     normalization: str = "minmax"
     in_memory: bool = False
+    frame_cache_mb: int = 1024  # decoded frames kept per loader process (see WindowDataset)
 
 
 @dataclass
@@ -199,7 +200,8 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
 
     # --- data: one store, a train and a validation split by episode
     kw = dict(obs_keys=dc.obs_keys, action_key=dc.action_key, n_obs_steps=dc.n_obs_steps, horizon=dc.horizon,
-              n_action_steps=dc.n_action_steps, val_ratio=dc.val_ratio, seed=tr.seed, in_memory=dc.in_memory)
+              n_action_steps=dc.n_action_steps, val_ratio=dc.val_ratio, seed=tr.seed, in_memory=dc.in_memory,
+              frame_cache_mb=dc.frame_cache_mb)
     train_ds = WindowDataset(data, split="train", **kw)
     val_ds = WindowDataset(data, split="val", **kw) if dc.val_ratio > 0 else None
     if len(train_ds) < tr.batch_size:

@@ -21,6 +21,8 @@ def quickstart(out: str | os.PathLike, episodes: int = 20, seed: int = 0, task: 
     print(f"[1/1] recording {episodes} expert demonstrations of sim:{task} into {store}")
     summary = record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=episodes, seed=seed,
                                   cameras=["agentview"], image_size=84))
+    print(f"      {summary.committed} episodes, {summary.steps} steps in {summary.seconds:.1f}s "
+          f"({summary.steps_per_second:.0f} steps/s)")
     d = info(store)
     print(format_info(d))
     report = {"store": str(store), "record": {k: v for k, v in summary.__dict__.items() if k != "episode_indices"},

@@ -78,3 +78,11 @@ def _frame_offset(shard, row: int) -> int:
     data = shard.read_bytes()
     index = np.frombuffer(data[-(128 * 16 + 4):-4], dtype="<u8").reshape(128, 2)
     return int(index[row][0])
+
+
+def test_quickstart_records_and_reports(tmp_path):
+    res = run("quickstart", "--out", str(tmp_path / "qs"), "--episodes", "2")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert report["store_info"]["episodes"] == 2 and report["store_info"]["success"] == 2
+    assert run("data", "verify", report["store"]).returncode == 0

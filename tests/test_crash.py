@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +16,34 @@ import pytest
 from robolearn.data.inspect import verify
 from robolearn.data.store import DemoStore
 
-N_EPISODES = 24
+N_EPISODES = 20
 ARGS = ["--rig", "sim:lift", "--teleop", "expert", "--cameras", "agentview", "--image-size", "32", "--seed", "0", "-q"]
 
 
+MARK = f"robolearn-crash-test-{uuid.uuid4().hex}"
+
+
 def _record(out: Path, episodes: int) -> subprocess.Popen:
+    # --workers 2: the killed writer also has attempt processes, which must not outlive it
     return subprocess.Popen(
-        [sys.executable, "-m", "robolearn", "record", *ARGS, "--episodes", str(episodes), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "robolearn", "record", *ARGS, "--workers", "2", "--episodes", str(episodes),
+         "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "ROBOLEARN_TEST_MARK": MARK},
     )
+
+
+def _survivors() -> list[int]:
+    """Processes started by a recorder of this test (they inherit the marker) that are still alive."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and MARK.encode() in (proc / "environ").read_bytes():
+                state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State"))
+                if "Z" not in state:  # zombies are dead, just not reaped yet
+                    pids.append(int(proc.name))
+        except (OSError, StopIteration):
+            continue
+    return pids
 
 
 def _assert_same_episode(a: DemoStore, b: DemoStore, i: int) -> None:
@@ -43,29 +64,45 @@ def _assert_same_episode(a: DemoStore, b: DemoStore, i: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    ref = tmp_path_factory.mktemp("ref") / "ref.zarr"
+def reference(tmp_path_factory) -> tuple[Path, float, float]:
+    """An uninterrupted recording, plus this machine's start-up time and time per episode, so kills
+    can be spread over start-up and work whatever the machine's speed."""
+    tmp = tmp_path_factory.mktemp("ref")
+    t0 = time.perf_counter()
+    p = _record(tmp / "one.zarr", 1)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()
+    startup = time.perf_counter() - t0
+    ref = tmp / "ref.zarr"
+    t0 = time.perf_counter()
     p = _record(ref, N_EPISODES)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err.decode()
-    return ref
+    per_episode = max(0.05, (time.perf_counter() - t0 - startup) / N_EPISODES)
+    return ref, startup, per_episode
 
 
 def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
-    ref = DemoStore.open(reference)
+    ref_path, startup, per_episode = reference
+    ref = DemoStore.open(ref_path)
     out = tmp_path / "killed.zarr"
     rng = random.Random(20261121)
     kills, committed_seen = 0, []
-    while kills < 10:
+    while kills < 12:
         have = DemoStore.open(out).n_episodes if out.exists() else 0
         if have >= N_EPISODES:
             break
         p = _record(out, N_EPISODES - have)
-        time.sleep(rng.uniform(0.8, 3.5))
+        # from early start-up (imports, lock, spawning attempt processes) to a few episodes in
+        time.sleep(rng.uniform(0.3 * startup, startup + 3 * per_episode))
         if p.poll() is None:
             p.kill()
             kills += 1
         p.wait(timeout=60)
+        deadline = time.time() + 10
+        while _survivors() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _survivors(), "attempt processes outlived the killed recorder"
         if not out.exists():
             continue
         store = DemoStore.open(out)
@@ -74,6 +111,7 @@ def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
         committed_seen.append(store.n_episodes)
         for i in range(store.n_episodes):
             _assert_same_episode(store, ref, i)
+    print(f"SIGKILLs: {kills}; committed episodes seen after each: {committed_seen}")
     assert kills >= 6, "the recorder finished before it could be killed enough times"
     # finish the job: the store continues where the killed runs stopped and ends up identical
     have = DemoStore.open(out).n_episodes
@@ -89,7 +127,7 @@ def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
 
 
 def test_reader_while_writer_appends(reference, tmp_path):
-    ref = DemoStore.open(reference)
+    ref = DemoStore.open(reference[0])
     out = tmp_path / "live.zarr"
     p = _record(out, N_EPISODES)
     seen = set()

@@ -26,7 +26,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = RecordConfig(
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
-        codec=args.codec,
+        codec=args.codec, workers=args.workers,
     )
     bars: list = []
 
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="first reset seed (default 0)")
     r.add_argument("--keep-failures", action="store_true", help="keep failed attempts, marked success=false")
     r.add_argument("--codec", default="qoi", choices=["qoi", "jpeg"], help="image codec: qoi (lossless) or jpeg")
+    r.add_argument("--workers", type=int, default=0,
+                   help="processes running attempts (default: one per core, at most 4)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_record)
 

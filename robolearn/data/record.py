@@ -14,10 +14,12 @@ produces the same episodes as one that never stopped.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +45,8 @@ class RecordConfig:
     # Control ticks kept after the task first succeeds, so policies also learn what "done" looks like.
     hold_steps: int = 5
     max_attempts: int | None = None
+    # Processes running attempts; 0 picks one per core (at most 4). The writer is always this process.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -107,10 +111,93 @@ def _next_seed(store: DemoStore, seed: int) -> int:
     return max(seed, max(seeds) + 1) if seeds else seed
 
 
+class _Collector:
+    """Runs attempts: the expert in a camera-less env, then renders kept attempts from their states."""
+
+    def __init__(self, cfg: RecordConfig) -> None:
+        from robolearn.sim import load_task, make_env
+
+        self.cfg = cfg
+        self.task = load_task(cfg.rig.split(":", 1)[1])
+        self.roll_env = make_env(self.task, cameras=(), seed=cfg.seed)
+        self.render_env = (make_env(self.task, cameras=cfg.cameras, image_size=cfg.image_size, depth=cfg.depth)
+                           if cfg.cameras else None)
+
+    def attempt(self, seed: int) -> tuple[dict, dict, float, float]:
+        from robolearn.sim.experts import make_expert
+
+        t0 = time.perf_counter()
+        ep = _rollout(self.roll_env, make_expert(self.task.name, np.random.default_rng(seed)), seed, self.cfg.hold_steps)
+        t1 = time.perf_counter()
+        keep = ep["success"] or self.cfg.keep_failures
+        frames = _render(self.render_env, ep["sim_state"]) if keep and self.render_env else {}
+        return ep, frames, t1 - t0, time.perf_counter() - t1
+
+    def close(self) -> None:
+        self.roll_env.close()
+        if self.render_env:
+            self.render_env.close()
+
+
+_COLLECTOR: _Collector | None = None
+
+
+def _init_worker(cfg: RecordConfig) -> None:
+    global _COLLECTOR
+    # Ctrl-C is the parent's to handle; and a worker must not outlive a parent killed with SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    _COLLECTOR = _Collector(cfg)
+
+
+def _worker_attempt(seed: int) -> tuple[dict, dict, float, float]:
+    assert _COLLECTOR is not None
+    return _COLLECTOR.attempt(seed)
+
+
+def _attempts(cfg: RecordConfig, first_seed: int, workers: int) -> Iterator[tuple[int, tuple]]:
+    """(seed, result) for seeds first_seed, first_seed + 1, ... in order, computed by ``workers``
+    processes a few seeds ahead; the caller stops iterating when it has enough."""
+    if workers <= 1:
+        collector = _Collector(cfg)
+        try:
+            seed = first_seed
+            while True:
+                yield seed, collector.attempt(seed)
+                seed += 1
+        finally:
+            collector.close()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(cfg,))
+    pending: deque = deque()
+    next_seed = first_seed
+    try:
+        while True:
+            while len(pending) < 2 * workers:  # a bounded look-ahead keeps memory flat
+                pending.append((next_seed, pool.submit(_worker_attempt, next_seed)))
+                next_seed += 1
+            seed, fut = pending.popleft()
+            yield seed, fut.result()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None = None) -> RecordSummary:
-    """Record ``cfg.episodes`` successful episodes (plus kept failures) into ``cfg.out``."""
-    from robolearn.sim import load_task, make_env
-    from robolearn.sim.experts import make_expert
+    """Record ``cfg.episodes`` successful episodes (plus kept failures) into ``cfg.out``.
+
+    Attempts run in ``cfg.workers`` processes; only this process writes, in seed order, so the
+    store is the same whatever the number of workers."""
+    from robolearn.sim import load_task
 
     task = load_task(cfg.rig.split(":", 1)[1])
     store = DemoStore.open(cfg.out, mode="a")
@@ -120,54 +207,47 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
         store.close()
         raise
     summary = RecordSummary(out=str(cfg.out))
-    roll_env = make_env(task, cameras=(), seed=cfg.seed)
-    render_env = make_env(task, cameras=cfg.cameras, image_size=cfg.image_size, depth=cfg.depth) if cfg.cameras else None
     max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
-    seed = _next_seed(store, cfg.seed)
+    workers = cfg.workers or min(os.cpu_count() or 1, 4)
+    workers = max(1, min(workers, max_attempts))
     t_start = time.perf_counter()
 
     # SIGTERM (e.g. from a supervisor) ends the run like Ctrl-C: the episode in flight is dropped,
     # everything committed stays.
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    attempts = _attempts(cfg, _next_seed(store, cfg.seed), workers)
     try:
-        while summary.successes < cfg.episodes and summary.attempts < max_attempts:
+        for seed, (ep, frames, t_roll, t_render) in attempts:
             summary.attempts += 1
-            t0 = time.perf_counter()
-            ep = _rollout(roll_env, make_expert(task.name, np.random.default_rng(seed)), seed, cfg.hold_steps)
-            summary.rollout_seconds += time.perf_counter() - t0
+            summary.rollout_seconds += t_roll
+            summary.render_seconds += t_render
             summary.steps += len(ep["action"])
-            keep = ep["success"] or cfg.keep_failures
-            if keep:
-                t0 = time.perf_counter()
-                frames = _render(render_env, ep["sim_state"]) if render_env else {}
-                summary.render_seconds += time.perf_counter() - t0
+            if ep["success"] or cfg.keep_failures:
                 t0 = time.perf_counter()
                 info = EpisodeInfo(
                     task=task.text, success=bool(ep["success"]), source="expert", rig=cfg.rig,
-                    fps=float(roll_env.control_freq), seed=seed,
+                    fps=float(ep["fps"]), seed=seed,
                     notes={"task_name": task.name, "teleop": cfg.teleop, "image_size": cfg.image_size},
                 )
-                idx = _write_episode(store, ep, frames, info, task.name, cfg)
+                summary.episode_indices.append(_write_episode(store, ep, frames, info, task.name, cfg))
                 summary.write_seconds += time.perf_counter() - t0
-                summary.episode_indices.append(idx)
                 summary.committed += 1
                 if ep["success"]:
                     summary.successes += 1
                 else:
                     summary.failures_kept += 1
-            seed += 1
             if progress:
                 progress(summary)
+            if summary.successes >= cfg.episodes or summary.attempts >= max_attempts:
+                break
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        attempts.close()
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
         summary.seconds = time.perf_counter() - t_start
-        roll_env.close()
-        if render_env:
-            render_env.close()
         store.close()
     return summary
 
@@ -192,6 +272,7 @@ def _rollout(env, expert, seed: int, hold_steps: int) -> dict[str, np.ndarray]: 
             break
     out = {k: np.asarray(v) for k, v in rows.items()}
     out["success"] = success_at is not None
+    out["fps"] = float(env.control_freq)
     return out
 
 

@@ -29,4 +29,4 @@ pip=("$py" -m pip install -q --disable-pip-version-check)
 if "$py" -m pip show opencv-python-headless >/dev/null 2>&1; then
   "$py" -m pip uninstall -y -q opencv-python-headless && "${pip[@]}" --force-reinstall --no-deps opencv-python
 fi
-"$py" -c "import robolearn, zarr, mujoco, robosuite, cv2; print('robolearn installed:', robolearn.__version__)"
+"$py" -c "import robolearn.sim, robolearn.policies, zarr, cv2; print('robolearn installed:', robolearn.__version__)"

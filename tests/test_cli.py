@@ -53,6 +53,8 @@ def test_info_and_verify(synth_store, tmp_path):
     assert d["streams"]["cam"]["keys"]["cam_image"] == {"shape": [16, 16, 3], "dtype": "uint8", "kind": "rgb",
                                                         "codec": "robolearn.qoi"}
     assert d["size_bytes"] > 0 and d["fps"] == [20.0]
+    assert d["streams"]["control"]["rate_hz"] == pytest.approx(20.0)
+    assert d["streams"]["cam"]["rate_hz"] == pytest.approx(30.0, rel=0.1)  # its own clock, not resampled
     text = run("data", "info", str(path)).stdout
     assert "episodes  5" in text and "cam_image" in text
     ok = run("data", "verify", str(path))

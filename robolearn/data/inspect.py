@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, StoreError
-from robolearn.data.store import RESERVED, DemoStore
+from robolearn.data.store import RESERVED, DemoStore, iter_episode_slices
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
@@ -19,8 +19,13 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
     eps = store.episodes()
     streams = {}
     for s, specs in store.streams.items():
+        rows = store.committed_rows(s)
+        t = store.stream_array(s, "t_host")[:rows] if rows else np.zeros(0)
+        # per-episode gaps only: the jump between two episodes is not a sample period
+        gaps = np.concatenate([np.diff(t[a:b]) for _, a, b in iter_episode_slices(store.ends(s)) if b - a > 1] or [[]])
         streams[s] = {
-            "samples": store.committed_rows(s),
+            "samples": rows,
+            "rate_hz": float(1.0 / np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None,
             "keys": {k: {"shape": list(sp.shape), "dtype": sp.dtype, "kind": sp.kind,
                          **({"depth_scale": sp.depth_scale} if sp.depth_scale else {}),
                          **({"codec": store.array(k).metadata.to_dict()["codecs"][0]["configuration"]["codecs"][0]["name"]}
@@ -59,7 +64,8 @@ def format_info(d: dict[str, Any]) -> str:
         "keys:",
     ]
     for s, sd in d["streams"].items():
-        lines.append(f"  [{s}] {sd['samples']} samples")
+        rate = f" at {sd['rate_hz']:.1f} Hz" if sd.get("rate_hz") else ""
+        lines.append(f"  [{s}] {sd['samples']} samples{rate}")
         for k, kd in sd["keys"].items():
             extra = "".join(f" {x}={kd[x]}" for x in ("codec", "depth_scale") if x in kd)
             lines.append(f"    {k:28s} {kd['dtype']:8s} {tuple(kd['shape'])!s:16s} {kd['kind']}{extra}")

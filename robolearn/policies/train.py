@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import yaml
 
+from robolearn.config import read_yaml_mapping
+
 # ----------------------------------------------------------------------------- recipe
 
 
@@ -124,15 +126,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
     """Load, override and validate a training recipe; errors name the file and the field."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"recipe not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping with policy, data and train sections")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(read_yaml_mapping(p, "recipe", "policy, data and train sections"), overrides)
     unknown = set(raw) - {"policy", "data", "train", "name"}
     if unknown:
         raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}; allowed: policy, data, train, name")

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from robolearn.config import read_yaml_mapping
 
 EVAL_SEED_BASE = 1_000_000  # far from the recording seeds (0, 1, 2, ...), so eval states are unseen
 VIDEO_CAMERA = "agentview"
@@ -260,14 +261,7 @@ class SuiteConfig:
 
 def load_suite(path: str | os.PathLike) -> SuiteConfig:
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"suite file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping with tasks and policies")
+    raw = read_yaml_mapping(p, "suite file", "tasks and policies")
     allowed = set(SuiteConfig.__dataclass_fields__)
     unknown = set(raw) - allowed
     if unknown:

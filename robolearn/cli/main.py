@@ -99,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not args.policy or not args.task:
             raise UsageError("give --policy RUN and --task NAME, or --suite FILE")
-        results = [evaluate(p, t, args.episodes, args.n_envs, args.videos, args.out)
+        results = [evaluate(p, t, args.episodes, args.n_envs, args.videos, args.out,
+                            inference_steps=args.inference_steps)
                    for p in args.policy for t in _csv(args.task)]
         report = write_report(results, args.out)
     for r in report["results"]:
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=50)
     e.add_argument("--n-envs", type=int, default=2, help="parallel environment processes")
     e.add_argument("--videos", type=int, default=2, help="episodes to save as MP4 per task and policy")
+    e.add_argument("--inference-steps", type=int, default=None,
+                   help="override the policy's sampling steps (e.g. DDIM 16, flow 4)")
     e.add_argument("--out", required=True, help="output directory")
     e.set_defaults(func=cmd_eval)
 

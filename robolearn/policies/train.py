@@ -227,7 +227,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
     if main:
         (out / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     writer = SummaryWriter(str(out / "tb")) if main else None
-    metrics_file = open(out / "metrics.jsonl", "a") if main else None  # noqa: SIM115
+    metrics_file = open(out / "metrics.jsonl", "a", buffering=1) if main else None  # noqa: SIM115 - line-buffered: tail -f works
 
     def validate() -> float | None:
         if val_loader is None:

@@ -119,9 +119,8 @@ class _Worker:
         from robolearn.sim.env import make_env
 
         torch.set_num_threads(1)  # one core per environment process
-        self.policy = load_policy(checkpoint)
-        if inference_steps is not None and hasattr(self.policy, "set_inference_steps"):
-            self.policy.set_inference_steps(inference_steps)
+        overrides = {"num_inference_steps": inference_steps} if inference_steps else None
+        self.policy = load_policy(checkpoint, overrides=overrides)
         cams, size, depth = _policy_cameras(self.policy)
         self.env = make_env(task, cameras=cams, image_size=size, depth=depth)
         self.video_env = make_env(task, cameras=[VIDEO_CAMERA], image_size=VIDEO_SIZE) if video_dir else None

@@ -82,9 +82,16 @@ def _frame_offset(shard, row: int) -> int:
     return int(index[row][0])
 
 
-def test_quickstart_records_and_reports(tmp_path):
-    res = run("quickstart", "--out", str(tmp_path / "qs"), "--episodes", "2")
+def test_quickstart_runs_the_pipeline(tmp_path):
+    out = tmp_path / "qs"
+    res = run("quickstart", "--out", str(out), "--episodes", "3", "--train-steps", "4", "--eval-episodes", "2",
+              "train.batch_size=16", "policy.unet.down_dims=[16,32]")
     assert res.returncode == 0, res.stderr
-    report = json.loads((tmp_path / "qs" / "report.json").read_text())
-    assert report["store_info"]["episodes"] == 2 and report["store_info"]["success"] == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["store_info"]["episodes"] == 3 and report["store_info"]["success"] == 3
+    assert report["train"]["steps"] == 4 and report["eval"]["episodes"] == 2
+    assert (out / "report.md").is_file() and (out / "training_loss.png").is_file()
+    assert (out / "eval" / "report.json").is_file()
     assert run("data", "verify", report["store"]).returncode == 0
+    again = run("quickstart", "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr

@@ -55,6 +55,22 @@ def test_train_resume_and_eval(store, tmp_path):
     assert (out / r["videos"][0].split(str(out) + "/")[1]).stat().st_size > 1000
 
 
+def test_distributed_two_process_cpu_run(store, tmp_path):
+    """The same command under torchrun: 2 CPU processes, gloo, gradients synchronised."""
+    run_dir = tmp_path / "ddp"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "robolearn", "train", "--recipe", "policies/diffusion_lowdim.yaml", "--data", str(store),
+         "--out", str(run_dir), "-q", "train.steps=6", *TINY],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["processes"] == 2 and result["replicas_in_sync"] and result["steps"] == 6
+    assert (run_dir / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert res.stdout.count("6 steps") == 1  # only rank 0 reports
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--recipe", "nope.yaml", "--data", "x", "--out", "y"], "recipe not found"),
     (["train", "--recipe", "policies/diffusion_lowdim.yaml", "--data", "x", "--out", "y", "train.stepz=3"],

@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
         raise UsageError(f"no store at {args.data}: record one first (robolearn record ... --out {args.data})")
     res = train(recipe, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    if not res["main"]:  # other ranks of a distributed run stay quiet
+        return 0
     val = "-" if res["val_loss"] is None else f"{res['val_loss']:.4f}"
     print(f"{res['run']}: {res['steps']} steps, train loss {res['train_loss']:.4f}, val loss {val}, "
           f"{res['seconds']:.0f}s")
@@ -114,7 +116,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from robolearn.quickstart import quickstart
 
-    quickstart(args.out, episodes=args.episodes, seed=args.seed)
+    quickstart(args.out, episodes=args.episodes, seed=args.seed, train_steps=args.train_steps,
+               eval_episodes=args.eval_episodes, overrides=args.overrides)
     return 0
 
 
@@ -172,8 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="run the simulated pipeline end to end on the CPU")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--episodes", type=int, default=20, help="expert demonstrations to record (default 20)")
+    q.add_argument("--episodes", type=int, default=100, help="expert demonstrations to record (default 100)")
+    q.add_argument("--train-steps", type=int, default=None, help="override the recipe's training steps")
+    q.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes (default 50)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     return p
 

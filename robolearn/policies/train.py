@@ -284,7 +284,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.4f}", val=f"{last_val:.4f}" if last_val is not None else "-",
                             refresh=False)
-            if main and step % tr.log_every == 0:
+            if main and (step % tr.log_every == 0 or step == tr.steps):
                 writer.add_scalar("train/loss", loss_v, step)
                 writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
                 metrics_file.write(json.dumps({"step": step, "loss": loss_v, "lr": sched.get_last_lr()[0]}) + "\n")
@@ -298,8 +298,14 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
             if step >= tr.steps:
                 break
     bar.close()
+    # Replicas must hold identical weights after every step; a broken gradient sync shows up here.
+    params = acc.unwrap_model(model).net.parameters()
+    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
+    sums = acc.gather(checksum).cpu()
     result = {"steps": step, "train_loss": loss_ema, "val_loss": last_val,
-              "seconds": time.perf_counter() - t_start, "run": str(out)}
+              "seconds": time.perf_counter() - t_start, "run": str(out), "processes": acc.num_processes,
+              "replicas_in_sync": bool(torch.allclose(sums, sums[0].expand_as(sums), rtol=0, atol=1e-9)),
+              "main": main}
     if main:
         writer.close()
         metrics_file.close()

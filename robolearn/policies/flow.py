@@ -80,7 +80,9 @@ class FlowPolicy(Policy):
 
 
 @dataclass
-class MeanFlowConfig(PolicyConfig):
+class MeanFlowConfig(FlowConfig):
+    """FlowConfig's fields (and checks) with MeanFlow's defaults, plus the r != t mix and loss weight."""
+
     type: str = "meanflow"
     # 1 = one network evaluation; more steps chain average velocities over shorter intervals.
     num_inference_steps: int = 1
@@ -100,10 +102,6 @@ class MeanFlowConfig(PolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be >= 1")
-        if self.time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; use one of {', '.join(TIME_SAMPLINGS)}")
         if not 0.0 <= self.ratio_r_neq_t <= 1.0:
             raise ValueError("ratio_r_neq_t must be in [0, 1]")
         if self.adaptive_weight_power < 0 or self.adaptive_weight_eps <= 0:

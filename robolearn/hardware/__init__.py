@@ -1,1 +1,1 @@
-
+"""Hardware drivers: RealSense cameras, arm controllers, teleoperators (connect / read or act / disconnect)."""

@@ -102,8 +102,11 @@ def check_store_matches(store: DemoStore, cfg: RecordConfig) -> None:
                 f"{store.path} holds {cam} images of {spec.shape[1]}x{spec.shape[0]}, this run records "
                 f"{cfg.image_size}x{cfg.image_size}; use --image-size {spec.shape[0]} or another --out"
             )
-    if cfg.depth and store.n_episodes and cfg.cameras and f"{cfg.cameras[0]}_depth" not in store.streams.get(cfg.cameras[0], {}):
-        raise SchemaError(f"{store.path} was recorded without depth; drop --depth or use another --out")
+    for cam in cfg.cameras:
+        keys = store.streams.get(cam)
+        if keys is not None and (f"{cam}_depth" in keys) != cfg.depth:
+            had = "with" if f"{cam}_depth" in keys else "without"
+            raise SchemaError(f"{store.path} was recorded {had} depth; match it with --depth or use another --out")
 
 
 def _next_seed(store: DemoStore, seed: int) -> int:

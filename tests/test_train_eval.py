@@ -90,3 +90,16 @@ def test_wilson_interval():
     assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(50, 50)[1] == 1.0
     lo, hi = wilson_interval(45, 50)
     assert lo == pytest.approx(0.7864, abs=1e-3) and hi == pytest.approx(0.9565, abs=1e-3)
+
+
+def test_scientific_notation_overrides_are_numbers(tmp_path):
+    # YAML 1.1 reads "3e-4" (no dot) as a string; a float field must still take it, from a file or a key=value.
+    from robolearn.policies.train import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("policy: {type: flow, ema: {power: 75e-2}}\ndata: {obs_keys: [a]}\ntrain: {lr: 5e-4}\n")
+    r = load_recipe(recipe, [])
+    assert r.train.lr == 5e-4
+    assert load_recipe(recipe, ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(ValueError, match="expected a number"):
+        load_recipe(recipe, ["train.lr=fast"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -69,6 +70,14 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+_SCI_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def yaml11_float(v: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; for a float field everyone means the number."""
+    return float(v) if isinstance(v, str) and _SCI_FLOAT.match(v) else v
+
+
 def config_from_dict(cls: type, d: Mapping[str, Any], _path: str = "") -> Any:
     """Build dataclass ``cls`` from a (nested) dict; unknown fields are an error, missing ones default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -87,6 +96,8 @@ def config_from_dict(cls: type, d: Mapping[str, Any], _path: str = "") -> Any:
                 kwargs[name] = config_from_dict(type(default), value, f"{_path}{name}.")
             else:
                 raise ValueError(f"config field {_path}{name} must be a mapping, got {value!r}")
+        elif isinstance(default, float):
+            kwargs[name] = yaml11_float(value)
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:

@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from robolearn.config import read_yaml_mapping
+from robolearn.policies.base import yaml11_float
 
 # ----------------------------------------------------------------------------- recipe
 
@@ -114,6 +115,8 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         if isinstance(default, int) and not isinstance(default, bool):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ValueError(f"{where}.{k}: expected an integer, got {v!r}")
+        if isinstance(default, float):
+            v = yaml11_float(v)
         if isinstance(default, float) and not isinstance(v, int | float):
             raise ValueError(f"{where}.{k}: expected a number, got {v!r}")
         out[k] = v

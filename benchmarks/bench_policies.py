@@ -11,6 +11,7 @@ the cores; a finished run is reused and an interrupted one resumed, so the scrip
     python benchmarks/bench_policies.py --preset onestep         # lift: MeanFlow vs DDIM-16
     python benchmarks/bench_policies.py --cells can:flow_lowdim --steps can=6000 train.lr=3e-4
     python benchmarks/bench_policies.py --preset image --set lift:flow_image data.n_obs_steps=1
+    python benchmarks/bench_policies.py --report                 # every finished cell in --work, one table
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ PRESETS = {
 TARGETS = {("lift", "lowdim"): 0.95, ("can", "lowdim"): 0.95, ("square", "lowdim"): 0.85, ("lift", "image"): 0.90}
 # The recipes are sized for a GPU; these keep a CPU run to minutes (override on the command line).
 CPU_OVERRIDES = ["policy.unet.down_dims=[64,128,256]"]
+
+
+def cell_name(cell: str, tag: str) -> str:
+    """File-name stem of a cell's run and results: ``can_flow_lowdim`` or, tagged, ``can_flow_lowdim_6k``."""
+    return cell.replace(":", "_") + (f"_{tag}" if tag else "")
 
 
 def parse_steps(text: str) -> dict[str, int]:
@@ -87,8 +93,15 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [*CPU_OVERRIDES, *args.overrides, f"train.steps={steps}", *cell_sets]
     recipe = load_recipe(recipe_path, overrides)
     steps = recipe.train.steps
-    run = Path(args.work) / "runs" / f"{task}_{recipe_name}"
+    run = Path(args.work) / "runs" / cell_name(args.cell, args.tag)
     result_file = run / "result.json"
+    if (run / "recipe.yaml").is_file():
+        import yaml
+
+        from robolearn.policies.train import recipe_to_dict
+
+        if yaml.safe_load((run / "recipe.yaml").read_text()) != json.loads(json.dumps(recipe_to_dict(recipe))):
+            raise SystemExit(f"{run} was trained with another recipe; delete it or use another --work")
     if result_file.is_file() and json.loads(result_file.read_text())["steps"] >= steps:
         trained = json.loads(result_file.read_text())
         trained["reused"] = True
@@ -98,7 +111,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     kind = "image" if cameras_of(recipe_path) else "lowdim"
     target = TARGETS.get((task, kind))
     cell = {
-        "task": task, "recipe": recipe_name, "kind": kind, "policy": recipe.policy, "store": args.store,
+        "task": task, "recipe": recipe_name, "tag": args.tag, "kind": kind, "policy": recipe.policy, "store": args.store,
         "demos": args.demos, "train_steps": trained["steps"], "train_seconds": trained["seconds"],
         "train_loss": trained["train_loss"], "val_loss": trained["val_loss"], "overrides": overrides,
         "threads": args.threads, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
@@ -106,6 +119,31 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     }
     Path(args.cell_out).write_text(json.dumps(cell, indent=2))
     return cell
+
+
+def summarize(results: list[dict[str, Any]], name: str, args: argparse.Namespace, out: str | None) -> None:
+    """Print a markdown table of the cells and write them to one JSON file."""
+    print("\n| task | recipe | success | 95% CI | target | ms/chunk | mean length | demos | steps | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ev = r["eval"]
+        label = r["recipe"] + (f" ({r['tag']})" if r.get("tag") else "")
+        print(f"| {r['task']} | {label} | {ev['success_rate']:.2f} | [{ev['wilson95'][0]:.2f}, "
+              f"{ev['wilson95'][1]:.2f}] | {r['target'] if r['target'] is not None else '-'} | "
+              f"{ev['inference_ms_per_chunk']:.1f} | {ev['mean_episode_length']:.0f} | {r['demos']} | "
+              f"{r['train_steps']} | {r['train_seconds']:.0f} |")
+    # The one-step target: >= 10x faster than DDIM-16 with success within 5 points of it.
+    by = {(r["task"], r["recipe"]): r["eval"] for r in results if not r.get("tag")}
+    onestep = {}
+    for task in sorted({r["task"] for r in results}):
+        ddim, one = by.get((task, "diffusion_lowdim")), by.get((task, "meanflow_lowdim"))
+        if ddim and one:
+            onestep[task] = {"speedup": ddim["inference_ms_per_chunk"] / one["inference_ms_per_chunk"],
+                             "success_delta": one["success_rate"] - ddim["success_rate"]}
+            onestep[task]["met"] = onestep[task]["speedup"] >= 10 and onestep[task]["success_delta"] >= -0.05
+            print(f"\none-step vs DDIM-16 on {task}: {onestep[task]['speedup']:.1f}x faster, success "
+                  f"{onestep[task]['success_delta']:+.2f} ({'met' if onestep[task]['met'] else 'NOT met'})")
+    write_json(name, {"machine": machine(), "episodes": args.episodes, "cells": results, "onestep": onestep}, out)
 
 
 def main() -> None:
@@ -117,8 +155,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--image-size", type=int, default=84)
     ap.add_argument("--jobs", type=int, default=2, help="cells trained at once (cores are shared evenly)")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores this run may use")
+    ap.add_argument("--tag", default="", help="suffix of run and result names, to keep variants of a cell apart")
     ap.add_argument("--work", default=str(RESULTS / "policies"), help="stores, runs and per-cell results")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--report", action="store_true", help="only tabulate the finished cells found in --work")
     ap.add_argument("--set", nargs=2, action="append", metavar=("CELL", "KEY=VALUE"),
                     help="a recipe override for one cell only (repeatable)")
     ap.add_argument("overrides", nargs="*", help="recipe overrides for every cell, key=value")
@@ -134,10 +175,14 @@ def main() -> None:
         run_cell(args)
         return
 
+    work = Path(args.work)
+    if args.report:
+        results = [json.loads(f.read_text()) for f in sorted((work / "cells").glob("*.json"))]
+        summarize(results, "policies_all", args, args.out)
+        return
     cells = [c for c in args.cells.split(",") if c] or PRESETS.get(args.preset or "", [])
     if not cells:
-        ap.error("give --preset or --cells")
-    work = Path(args.work)
+        ap.error("give --preset, --cells or --report")
     (work / "cells").mkdir(parents=True, exist_ok=True)
     # Stores first, one task at a time with every core, so that parallel cells never record the same store.
     stores = {}
@@ -146,7 +191,7 @@ def main() -> None:
         cams = cameras_of(ROOT / "policies" / f"{recipe_name}.yaml")
         stores[cell] = store_for(work, task, args.demos, cams, args.image_size)
 
-    cores = os.cpu_count() or 1
+    cores = max(1, args.cores)
     jobs = max(1, min(args.jobs, len(cells)))
     pending, running, results = list(cells), [], []
     t0 = time.perf_counter()
@@ -156,11 +201,11 @@ def main() -> None:
             free = cores - sum(r[4] for r in running)
             threads = max(1, free // min(jobs - len(running), len(pending)))
             cell = pending.pop(0)
-            out = work / "cells" / f"{cell.replace(':', '_')}.json"
-            log = open(work / "cells" / f"{cell.replace(':', '_')}.log", "w")  # noqa: SIM115 - closed below
+            out = work / "cells" / f"{cell_name(cell, args.tag)}.json"
+            log = open(work / "cells" / f"{cell_name(cell, args.tag)}.log", "w")  # noqa: SIM115 - closed below
             cmd = [sys.executable, __file__, "--cell", cell, "--cell-out", str(out), "--store", str(stores[cell]),
                    "--threads", str(threads), "--eval-envs", str(threads), "--demos", str(args.demos),
-                   "--steps", args.steps, "--episodes", str(args.episodes), "--work", str(work),
+                   "--steps", args.steps, "--episodes", str(args.episodes), "--work", str(work), "--tag", args.tag,
                    *[a for cell_, kv in args.set or [] for a in ("--set", cell_, kv)], *args.overrides]
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             print(f"[{time.perf_counter() - t0:5.0f}s] start {cell} ({threads} threads)", flush=True)
@@ -185,18 +230,8 @@ def main() -> None:
                   f"{ev['inference_ms_per_chunk']:.1f} ms/chunk; trained {r['train_steps']} steps "
                   f"in {r['train_seconds']:.0f}s", flush=True)
 
-    print("\n| task | recipe | success | 95% CI | target | ms/chunk | mean length | steps | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        ev = r["eval"]
-        print(f"| {r['task']} | {r['recipe']} | {ev['success_rate']:.2f} | [{ev['wilson95'][0]:.2f}, "
-              f"{ev['wilson95'][1]:.2f}] | {r['target'] if r['target'] is not None else '-'} | "
-              f"{ev['inference_ms_per_chunk']:.1f} | {ev['mean_episode_length']:.0f} | {r['train_steps']} | "
-              f"{r['train_seconds']:.0f} |")
     name = f"policies_{args.preset}" if args.preset and not args.cells else "policies"
-    write_json(name, {"machine": machine(), "demos": args.demos, "episodes": args.episodes, "steps": args.steps,
-                      "overrides": [*CPU_OVERRIDES, *args.overrides],
-                      "cell_overrides": args.set or [], "cells": results}, args.out)
+    summarize(results, name, args, args.out)
     if any(r["met"] is False for r in results) or len(results) < len(cells):
         sys.exit(1)
 

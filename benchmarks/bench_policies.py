@@ -115,6 +115,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         "demos": args.demos, "train_steps": trained["steps"], "train_seconds": trained["seconds"],
         "train_loss": trained["train_loss"], "val_loss": trained["val_loss"], "overrides": overrides,
         "threads": args.threads, "eval": {k: v for k, v in ev.items() if k != "per_episode"},
+        "failed_seeds": [e["seed"] for e in ev["per_episode"] if not e["success"]],
         "target": target, "met": None if target is None else ev["success_rate"] >= target,
     }
     Path(args.cell_out).write_text(json.dumps(cell, indent=2))

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, machine, write_json  # noqa: E402
@@ -54,8 +56,6 @@ def parse_steps(text: str) -> dict[str, int]:
 
 
 def cameras_of(recipe: Path) -> list[str]:
-    import yaml
-
     keys = yaml.safe_load(recipe.read_text())["data"]["obs_keys"]
     return [k[: -len("_image")] for k in keys if k.endswith("_image")]
 
@@ -82,7 +82,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate one cell in this process (the parent starts one process per cell)."""
     import torch
 
-    from robolearn.policies.train import load_recipe, train
+    from robolearn.policies.train import load_recipe, recipe_to_dict, train
     from robolearn.sim.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
@@ -96,10 +96,6 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.work) / "runs" / cell_name(args.cell, args.tag)
     result_file = run / "result.json"
     if (run / "recipe.yaml").is_file():
-        import yaml
-
-        from robolearn.policies.train import recipe_to_dict
-
         if yaml.safe_load((run / "recipe.yaml").read_text()) != json.loads(json.dumps(recipe_to_dict(recipe))):
             raise SystemExit(f"{run} was trained with another recipe; delete it or use another --work")
     if result_file.is_file() and json.loads(result_file.read_text())["steps"] >= steps:

@@ -62,13 +62,19 @@ def cameras_of(recipe: Path) -> list[str]:
 
 def store_for(work: Path, task: str, demos: int, cameras: list[str], size: int) -> Path:
     """The demonstration store of a task, recorded with `robolearn record`'s function when missing."""
-    from robolearn.data.record import RecordConfig, record
+    from robolearn.data.record import RecordConfig, check_control_matches, record
     from robolearn.data.store import DemoStore
 
     name = f"{task}_{demos}" + (f"_{'-'.join(cameras)}_{size}" if cameras else "")
     path = work / f"{name}.zarr"
-    if path.exists() and DemoStore.open(path).n_episodes >= demos:
-        return path
+    if path.exists():
+        store = DemoStore.open(path)
+        try:
+            check_control_matches(store, task)  # a store from an older observation layout is not reused
+            if store.n_episodes >= demos:
+                return path
+        finally:
+            store.close()
     print(f"recording {demos} {task} demonstrations into {path}", flush=True)
     t0 = time.perf_counter()
     # Resumes after the last stored seed when an earlier recording was interrupted.
@@ -182,11 +188,17 @@ def main() -> None:
         ap.error("give --preset, --cells or --report")
     (work / "cells").mkdir(parents=True, exist_ok=True)
     # Stores first, one task at a time with every core, so that parallel cells never record the same store.
+    from robolearn.data.schema import SchemaError
+
     stores = {}
     for cell in cells:
         task, recipe_name = cell.split(":")
         cams = cameras_of(ROOT / "policies" / f"{recipe_name}.yaml")
-        stores[cell] = store_for(work, task, args.demos, cams, args.image_size)
+        try:
+            stores[cell] = store_for(work, task, args.demos, cams, args.image_size)
+        except SchemaError as e:
+            print(f"error: {e} (or point --work elsewhere)", file=sys.stderr)
+            sys.exit(2)
 
     cores = max(1, args.cores)
     jobs = max(1, min(args.jobs, len(cells)))

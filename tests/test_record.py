@@ -73,3 +73,13 @@ def test_appending_with_other_cameras_is_refused(tmp_path):
                           "--episodes", "1"], capture_output=True, text=True)
     assert res.returncode == 2 and "holds cameras" in res.stderr and "Traceback" not in res.stderr
     assert DemoStore.open(out).n_episodes == 1 and verify(out).ok
+
+
+def test_appending_another_observation_layout_is_refused(tmp_path):
+    # Lift's object vector has 12 numbers, can's 18: appending would corrupt the store, so it is refused
+    # before any episode is rolled out, and the store keeps what it had.
+    out = tmp_path / "s.zarr"
+    record(RecordConfig(rig="sim:lift", out=str(out), episodes=1))
+    with pytest.raises(SchemaError, match=r"'object' of shape \[12\].*now gives \[18\]"):
+        record(RecordConfig(rig="sim:can", out=str(out), episodes=1))
+    assert DemoStore.open(out).n_episodes == 1 and verify(out).ok

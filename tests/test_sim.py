@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from robolearn.sim import TaskConfig, list_tasks, load_task, make_env
+from robolearn.sim.env import quat_to_rot6d
 from robolearn.sim.experts import make_expert
 
 TASKS = ["lift", "can", "square", "stack"]
@@ -112,7 +113,8 @@ def test_obs_keys_shapes_dtypes(cam_env):
     assert set(obs) == expected
     for key, shape in LOWDIM.items():
         assert obs[key].shape == shape and obs[key].dtype == np.float32, key
-    assert obs["object"].dtype == np.float32 and obs["object"].shape == (14,)
+    # nut pos 3, nut rot6d 6, nut-to-eef pos 3, nut-to-eef rot6d 6
+    assert obs["object"].dtype == np.float32 and obs["object"].shape == (18,)
     for cam in CAMS:
         assert obs[f"{cam}_image"].shape == (64, 64, 3) and obs[f"{cam}_image"].dtype == np.uint8
         assert obs[f"{cam}_depth"].shape == (64, 64) and obs[f"{cam}_depth"].dtype == np.uint16
@@ -124,8 +126,34 @@ def test_obs_keys_shapes_dtypes(cam_env):
     assert env.observation_space.contains(obs)
     assert reward == 0.0 and terminated is False and truncated is False and info["success"] is False
     assert env.sim_time == pytest.approx(0.05)
-    # The object vector follows the nut: position first.
-    np.testing.assert_allclose(obs["object"][:3], env.privileged().objects["nut"].pos, atol=1e-5)
+    # The object vector follows the nut: position, then its rotation as the first two matrix columns.
+    nut = env.privileged().objects["nut"]
+    np.testing.assert_allclose(obs["object"][:3], nut.pos, atol=1e-5)
+    np.testing.assert_allclose(obs["object"][3:9], nut.mat[:, :2].T.ravel(), atol=1e-5)
+
+
+def test_rot6d_is_sign_free_and_continuous():
+    # robosuite's relative quaternions keep w >= 0, so near 180 degrees they flip sign between steps;
+    # the policy must see a continuous input instead.
+    rng = np.random.default_rng(0)
+    for q in rng.normal(size=(20, 4)):
+        q /= np.linalg.norm(q)
+        np.testing.assert_allclose(quat_to_rot6d(q), quat_to_rot6d(-q), atol=1e-12)
+    a = np.array([1.0, 0.0, 0.0, 1e-4])  # ~180 degrees about x, the w >= 0 convention's edge
+    b = np.array([-1.0, 0.0, 0.0, 1e-4])  # a nearby rotation across that edge
+    assert np.abs(a - b).max() > 1.9 and np.abs(quat_to_rot6d(a) - quat_to_rot6d(b)).max() < 1e-3
+
+
+def test_recorded_object_state_has_no_jumps(tmp_path):
+    from robolearn.data.record import RecordConfig, record
+    from robolearn.data.store import DemoStore
+
+    record(RecordConfig(rig="sim:square", out=str(tmp_path / "s.zarr"), episodes=2, workers=1))
+    store = DemoStore.open(tmp_path / "s.zarr")
+    for i in range(store.n_episodes):
+        obj = store.read("object", i)
+        # 20 Hz control: nothing in the object vector moves by more than a few tenths per step.
+        assert np.abs(np.diff(obj, axis=0)).max() < 0.5  # a quaternion sign flip moves by ~2
 
 
 def test_truncation_at_horizon():

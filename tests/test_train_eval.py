@@ -53,6 +53,9 @@ def test_train_resume_and_eval(store, tmp_path):
     assert r["wilson95"][0] <= r["success_rate"] <= r["wilson95"][1]
     assert (out / "summary.md").is_file() and len(r["videos"]) == 1
     assert (out / r["videos"][0].split(str(out) + "/")[1]).stat().st_size > 1000
+    # A lift policy reads lift's 12-d object vector; can gives 18: refused up front, with the key named.
+    wrong = run("eval", "--policy", str(run_dir), "--task", "can", "--episodes", "1", "--out", str(tmp_path / "e2"))
+    assert wrong.returncode == 2 and "'object'" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_distributed_two_process_cpu_run(store, tmp_path):

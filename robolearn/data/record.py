@@ -109,6 +109,28 @@ def check_store_matches(store: DemoStore, cfg: RecordConfig) -> None:
             raise SchemaError(f"{store.path} was recorded {had} depth; match it with --depth or use another --out")
 
 
+def check_control_matches(store: DemoStore, task: str) -> None:
+    """Fail before any work when the store's low-dim keys have other shapes than the task's env gives
+    (a store recorded by an older robolearn with another observation layout)."""
+    have = store.streams.get(CONTROL_STREAM)
+    if not have or not store.n_episodes:
+        return
+    from robolearn.sim import make_env
+
+    env = make_env(task)
+    try:
+        space = env.observation_space
+    finally:
+        env.close()
+    for key in LOWDIM_KEYS:
+        if key in have and tuple(have[key].shape) != tuple(space[key].shape):
+            raise SchemaError(
+                f"{store.path} holds {key!r} of shape {list(have[key].shape)}, task {task!r} now gives "
+                f"{list(space[key].shape)}: the store was recorded with another observation layout; "
+                f"record into another --out"
+            )
+
+
 def _next_seed(store: DemoStore, seed: int) -> int:
     seeds = [e.seed for e in store.episodes() if e.seed is not None]
     return max(seed, max(seeds) + 1) if seeds else seed
@@ -206,6 +228,7 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     store = DemoStore.open(cfg.out, mode="a")
     try:
         check_store_matches(store, cfg)
+        check_control_matches(store, task.name)
     except Exception:
         store.close()
         raise

@@ -34,6 +34,19 @@ _GEOM_NONE = mujoco.mjtGeom.mjGEOM_NONE
 LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos", "object")
 
 
+def quat_to_rot6d(quat_xyzw: np.ndarray) -> np.ndarray:
+    """The first two columns of the rotation matrix of an (x, y, z, w) quaternion, as 6 numbers.
+
+    Unlike the quaternion it is continuous in the rotation and the same for q and -q: robosuite
+    returns relative quaternions with w >= 0, so near 180 degrees their x, y, z flip sign from one
+    step to the next, and a policy reading them sees a jumping input (Zhou et al. 2019)."""
+    x, y, z, w = np.asarray(quat_xyzw, dtype=np.float64) / max(float(np.linalg.norm(quat_xyzw)), 1e-12)
+    return np.array([
+        1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w),
+        2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w),
+    ])
+
+
 # --------------------------------------------------------------------------------------------------
 # robosuite import: quiet, once
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +330,9 @@ class SimEnv(gym.Env):
         self._joint_idx = np.asarray(self._robot._ref_joint_pos_indexes)
         self._eef_site = int(self._robot.eef_site_id)
         self._body_ids = {k: self._model.body(v).id for k, v in _OBJECT_BODIES[self._task.env_name].items()}
+        # robosuite's object-state observables, in its order; "object" is them with each quaternion as rot6d.
+        self._object_obs = [n for n, o in self._env._observables.items()
+                            if o.modality == "object" and o.is_enabled() and o.is_active()]
         available = list(self._sim.model.camera_names)
         missing = [c for c in self._cameras if c not in available]
         if missing:
@@ -512,11 +528,15 @@ class SimEnv(gym.Env):
             "robot0_eef_quat": raw["robot0_eef_quat"].astype(np.float32),
             "robot0_gripper_qpos": raw["robot0_gripper_qpos"].astype(np.float32),
             "robot0_joint_pos": self._data.qpos[self._joint_idx].astype(np.float32),
-            "object": raw["object-state"].astype(np.float32),
+            "object": self._object_vector(raw),
         }
         if self._renderer is not None:
             obs.update(self._renderer.render(self._data))
         return obs
+
+    def _object_vector(self, raw: dict[str, Any]) -> np.ndarray:
+        parts = [quat_to_rot6d(raw[n]) if n.endswith("_quat") else np.atleast_1d(raw[n]) for n in self._object_obs]
+        return np.concatenate(parts).astype(np.float32)
 
     def _make_observation_space(self) -> gym.spaces.Dict:
         with _np_global_seed(_BUILD_SEED):
@@ -528,7 +548,7 @@ class SimEnv(gym.Env):
             "robot0_eef_quat": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
             "robot0_gripper_qpos": gym.spaces.Box(-inf, inf, (2,), np.float32),
             "robot0_joint_pos": gym.spaces.Box(-inf, inf, (len(self._joint_idx),), np.float32),
-            "object": gym.spaces.Box(-inf, inf, raw["object-state"].shape, np.float32),
+            "object": gym.spaces.Box(-inf, inf, self._object_vector(raw).shape, np.float32),
         }
         s = self._image_size
         for cam in self._cameras:

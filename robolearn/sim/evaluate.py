@@ -88,6 +88,29 @@ def _policy_cameras(policy: Any) -> tuple[list[str], int, bool]:
     return cams, size or 84, depth
 
 
+def check_policy_fits_env(checkpoint: str | os.PathLike, task: str) -> None:
+    """Refuse, before starting workers, a checkpoint whose low-dim inputs the task's env does not give."""
+    from robolearn.policies.checkpoint import read_checkpoint_meta
+    from robolearn.sim.env import make_env
+
+    want = {k: tuple(v["shape"]) for k, v in read_checkpoint_meta(checkpoint)["shape_meta"]["obs"].items()
+            if v.get("kind", "lowdim") == "lowdim"}
+    env = make_env(task)
+    try:
+        space = env.observation_space
+        for key, shape in want.items():
+            if key not in space.spaces:
+                raise ValueError(f"{checkpoint}: the policy reads {key!r}, which task {task!r} does not observe; "
+                                 f"it observes {', '.join(space.spaces)}")
+            if tuple(space[key].shape) != shape:
+                raise ValueError(
+                    f"{checkpoint}: the policy reads {key!r} of shape {list(shape)}, task {task!r} gives "
+                    f"{list(space[key].shape)}; the store it was trained on was recorded with another "
+                    f"observation layout (older robolearn?): re-record the demonstrations and retrain")
+    finally:
+        env.close()
+
+
 def obs_to_input(
     history: Sequence[dict[str, np.ndarray]], policy: Any, depth_scale: float = 0.001
 ) -> dict[str, Any]:
@@ -209,6 +232,7 @@ def evaluate(
     if out_dir is not None and videos > 0:
         video_dir = Path(out_dir) / "videos" / f"{task_cfg.name}_{_label(ckpt)}"
         video_dir.mkdir(parents=True, exist_ok=True)
+    check_policy_fits_env(ckpt, task)  # here: an error inside a pool initializer would hang the pool
     seeds = eval_seeds(episodes, seed_base)
     jobs = [(s, i < videos) for i, s in enumerate(seeds)]
     args = (str(ckpt), task, inference_steps, str(video_dir) if video_dir else None)

@@ -167,7 +167,7 @@ class _Collector:
 _COLLECTOR: _Collector | None = None
 
 
-def _init_worker(cfg: RecordConfig) -> None:
+def _init_worker(cfg: RecordConfig, parent_pid: int) -> None:
     global _COLLECTOR
     # Ctrl-C is the parent's to handle; and a worker must not outlive a parent killed with SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -177,6 +177,10 @@ def _init_worker(cfg: RecordConfig) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    # A parent that died while this process was still starting up sends no death signal: leave now,
+    # before spending seconds building environments for nobody.
+    if os.getppid() != parent_pid:
+        os._exit(0)
     _COLLECTOR = _Collector(cfg)
 
 
@@ -201,7 +205,8 @@ def _attempts(cfg: RecordConfig, first_seed: int, workers: int) -> Iterator[tupl
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(cfg,))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(cfg, os.getpid()))
     pending: deque = deque()
     next_seed = first_seed
     try:

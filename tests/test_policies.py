@@ -451,3 +451,15 @@ def test_config_errors():
     gaussian = Normalizer(tiny_dataset()[2].stats, "gaussian")
     with pytest.warns(UserWarning, match="clip_sample"):
         make_policy(cfg("diffusion"), LOWDIM_META).set_normalizer(gaussian)
+
+
+@pytest.mark.parametrize("policy_type", ["diffusion", "flow", "meanflow"])
+def test_loss_under_cpu_bf16_autocast(policy_type):
+    # `train.mixed_precision=bf16` runs the loss under autocast; MeanFlow's forward-mode JVP must still work.
+    policy, obs, act = lowdim_policy(policy_type, backbone="unet")
+    policy.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = policy.compute_loss({"obs": {"state": obs}, "action": act})
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)

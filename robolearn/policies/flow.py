@@ -139,10 +139,14 @@ class MeanFlowPolicy(Policy):
                                  v: Tensor) -> tuple[Tensor, Tensor]:
         """u(z, r, t) (with its graph) and the MeanFlow target ``v - (t - r) du/dt`` (detached)."""
 
-        def u_fn(z_: Tensor, r_: Tensor, t_: Tensor) -> Tensor:
-            return self._u(net, z_, r_, t_, cond)
+        cond32 = cond.float()
 
-        with warnings.catch_warnings():
+        def u_fn(z_: Tensor, r_: Tensor, t_: Tensor) -> Tensor:
+            return self._u(net, z_, r_, t_, cond32)
+
+        # In fp32 even under mixed precision: forward-mode AD does not go through CPU autocast (bf16
+        # weights meet fp32 tangents), and du/dt is a small difference that bf16 would drown.
+        with warnings.catch_warnings(), torch.autocast(device_type=z.device.type, enabled=False):
             # torch's forward-AD setup scripts a decomposition on first use and warns that jit is deprecated.
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
             # Tangent (v, 0, 1): du/dt along the flow, z moving with velocity v while r stays fixed.

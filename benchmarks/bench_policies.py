@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,7 +109,10 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         trained = json.loads(result_file.read_text())
         trained["reused"] = True
     else:
-        trained = train(recipe, args.store, run, resume=(run / "trainer_state.pt").is_file(), progress=False)
+        resume = (run / "trainer_state.pt").is_file()
+        if run.is_dir() and not resume:
+            shutil.rmtree(run)  # died before its first checkpoint: nothing to resume, and train() wants it empty
+        trained = train(recipe, args.store, run, resume=resume, progress=False)
     ev = evaluate(run, task, episodes=args.episodes, n_envs=args.eval_envs, videos=0)
     kind = "image" if cameras_of(recipe_path) else "lowdim"
     target = TARGETS.get((task, kind))

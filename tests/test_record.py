@@ -76,8 +76,8 @@ def test_appending_with_other_cameras_is_refused(tmp_path):
 
 
 def test_appending_another_observation_layout_is_refused(tmp_path):
-    # Lift's object vector has 12 numbers, can's 18: appending would corrupt the store, so it is refused
-    # before any episode is rolled out, and the store keeps what it had.
+    # Lift's object vector has 12 numbers, can's 18: appending would corrupt the store, so the first
+    # episode is refused before it is written, and the store keeps what it had.
     out = tmp_path / "s.zarr"
     record(RecordConfig(rig="sim:lift", out=str(out), episodes=1))
     with pytest.raises(SchemaError, match=r"'object' of shape \[12\].*now gives \[18\]"):

@@ -110,23 +110,27 @@ def check_store_matches(store: DemoStore, cfg: RecordConfig) -> None:
 
 
 def check_control_matches(store: DemoStore, task: str) -> None:
-    """Fail before any work when the store's low-dim keys have other shapes than the task's env gives
-    (a store recorded by an older robolearn with another observation layout)."""
-    have = store.streams.get(CONTROL_STREAM)
-    if not have or not store.n_episodes:
+    """Fail when the store's low-dim keys have other shapes than the task's env gives (a store
+    recorded by an older robolearn with another observation layout). Builds an env: for tools that
+    decide whether to reuse a store; `record` itself checks the first episode it writes instead."""
+    if CONTROL_STREAM not in store.streams or not store.n_episodes:
         return
     from robolearn.sim import make_env
 
     env = make_env(task)
     try:
-        space = env.observation_space
+        _check_lowdim_shapes(store, {k: tuple(env.observation_space[k].shape) for k in LOWDIM_KEYS}, task)
     finally:
         env.close()
-    for key in LOWDIM_KEYS:
-        if key in have and tuple(have[key].shape) != tuple(space[key].shape):
+
+
+def _check_lowdim_shapes(store: DemoStore, shapes: dict[str, tuple[int, ...]], task: str) -> None:
+    have = store.streams[CONTROL_STREAM]
+    for key, shape in shapes.items():
+        if key in have and tuple(have[key].shape) != tuple(shape):
             raise SchemaError(
                 f"{store.path} holds {key!r} of shape {list(have[key].shape)}, task {task!r} now gives "
-                f"{list(space[key].shape)}: the store was recorded with another observation layout; "
+                f"{list(shape)}: the store was recorded with another observation layout; "
                 f"record into another --out"
             )
 
@@ -233,7 +237,6 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     store = DemoStore.open(cfg.out, mode="a")
     try:
         check_store_matches(store, cfg)
-        check_control_matches(store, task.name)
     except Exception:
         store.close()
         raise
@@ -317,7 +320,10 @@ def _render(env, states: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN001 -
 
 def _write_episode(store: DemoStore, ep: dict, frames: dict[str, np.ndarray], info: EpisodeInfo,
                    task_name: str, cfg: RecordConfig) -> int:
-    if CONTROL_STREAM not in store.streams:
+    if CONTROL_STREAM in store.streams:
+        # Checked on the episode itself: building an env up front would slow every resumed run.
+        _check_lowdim_shapes(store, {k: ep[k].shape[1:] for k in LOWDIM_KEYS}, task_name)
+    else:
         specs = {k: KeySpec.infer(ep[k][0]) for k in (*LOWDIM_KEYS, "action")}
         # Exact MuJoCo state, so images can be re-rendered later at any size or camera.
         specs["sim_state"] = KeySpec(shape=ep["sim_state"].shape[1:], dtype="float64")

@@ -115,13 +115,9 @@ def check_control_matches(store: DemoStore, task: str) -> None:
     decide whether to reuse a store; `record` itself checks the first episode it writes instead."""
     if CONTROL_STREAM not in store.streams or not store.n_episodes:
         return
-    from robolearn.sim import make_env
+    from robolearn.sim.env import lowdim_shapes
 
-    env = make_env(task)
-    try:
-        _check_lowdim_shapes(store, {k: tuple(env.observation_space[k].shape) for k in LOWDIM_KEYS}, task)
-    finally:
-        env.close()
+    _check_lowdim_shapes(store, lowdim_shapes(task), task)
 
 
 def _check_lowdim_shapes(store: DemoStore, shapes: dict[str, tuple[int, ...]], task: str) -> None:

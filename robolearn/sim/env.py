@@ -588,3 +588,12 @@ def make_env(
     GL context is created. ``seed`` seeds the sequence of reset seeds used when ``reset()`` gets none.
     """
     return SimEnv(task, cameras=cameras, image_size=image_size, depth=depth, seed=seed)
+
+
+def lowdim_shapes(task: str | TaskConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the task's low-dim observations (``LOWDIM_KEYS``), from a camera-less env built for it."""
+    env = make_env(task)
+    try:
+        return {k: tuple(v.shape) for k, v in env.observation_space.spaces.items() if k in LOWDIM_KEYS}
+    finally:
+        env.close()

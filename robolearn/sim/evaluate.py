@@ -91,24 +91,20 @@ def _policy_cameras(policy: Any) -> tuple[list[str], int, bool]:
 def check_policy_fits_env(checkpoint: str | os.PathLike, task: str) -> None:
     """Refuse, before starting workers, a checkpoint whose low-dim inputs the task's env does not give."""
     from robolearn.policies.checkpoint import read_checkpoint_meta
-    from robolearn.sim.env import make_env
+    from robolearn.sim.env import lowdim_shapes
 
     want = {k: tuple(v["shape"]) for k, v in read_checkpoint_meta(checkpoint)["shape_meta"]["obs"].items()
             if v.get("kind", "lowdim") == "lowdim"}
-    env = make_env(task)
-    try:
-        space = env.observation_space
-        for key, shape in want.items():
-            if key not in space.spaces:
-                raise ValueError(f"{checkpoint}: the policy reads {key!r}, which task {task!r} does not observe; "
-                                 f"it observes {', '.join(space.spaces)}")
-            if tuple(space[key].shape) != shape:
-                raise ValueError(
-                    f"{checkpoint}: the policy reads {key!r} of shape {list(shape)}, task {task!r} gives "
-                    f"{list(space[key].shape)}; the store it was trained on was recorded with another "
-                    f"observation layout (older robolearn?): re-record the demonstrations and retrain")
-    finally:
-        env.close()
+    have = lowdim_shapes(task)
+    for key, shape in want.items():
+        if key not in have:
+            raise ValueError(f"{checkpoint}: the policy reads {key!r}, which task {task!r} does not observe; "
+                             f"it observes {', '.join(have)}")
+        if have[key] != shape:
+            raise ValueError(
+                f"{checkpoint}: the policy reads {key!r} of shape {list(shape)}, task {task!r} gives "
+                f"{list(have[key])}; the store it was trained on was recorded with another "
+                f"observation layout (older robolearn?): re-record the demonstrations and retrain")
 
 
 def obs_to_input(

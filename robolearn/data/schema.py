@@ -36,21 +36,32 @@ class CorruptionError(StoreError):
 
 
 @dataclass(frozen=True)
-class KeySpec:
-    """One per-sample array in a stream: shape excludes the time axis."""
+class Feature:
+    """One per-sample array: what a rig produces, the store keeps and a policy reads.
+
+    ``shape`` excludes the time axis and is the layout as captured and stored: (D, ...) for low-dim,
+    (H, W, C) for rgb, (H, W) for depth. Policies see images channel-first (``tensor_shape``).
+    """
 
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str = "float32"
     kind: str = "lowdim"
     # Metres per unit for depth; None elsewhere.
     depth_scale: float | None = None
     codec: str | None = None
+    # Optional per-dimension names of a low-dim vector (joint names, "x", "y", "z", ...).
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SchemaError(f"unknown key kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
+        if self.names is not None:
+            object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+            if self.kind != "lowdim" or len(self.shape) != 1 or len(self.names) != self.shape[0]:
+                raise SchemaError(f"names {list(self.names)} need a 1-D low-dim feature of that many entries, "
+                                  f"got {self.kind} {self.shape}")
         if self.kind == "rgb" and (self.dtype != "uint8" or len(self.shape) != 3 or self.shape[-1] not in (3, 4)):
             raise SchemaError(f"rgb keys must be uint8 (H, W, 3|4), got {self.dtype} {self.shape}")
         if self.kind == "depth" and (self.dtype != "uint16" or len(self.shape) != 2):
@@ -58,15 +69,28 @@ class KeySpec:
         if self.kind == "depth" and not self.depth_scale:
             raise SchemaError("depth keys need depth_scale (metres per unit)")
 
+    @property
+    def tensor_shape(self) -> tuple[int, ...]:
+        """Per-step shape as the training loader yields it: (C, H, W) rgb, (1, H, W) depth."""
+        if self.kind == "rgb":
+            h, w, c = self.shape
+            return (c, h, w)
+        if self.kind == "depth":
+            return (1, *self.shape)
+        return self.shape
+
     def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        if d["names"] is None:
+            del d["names"]  # stores written before names existed read back equal
+        return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> KeySpec:
+    def from_json(cls, d: dict[str, Any]) -> Feature:
         return cls(**{**d, "shape": tuple(d["shape"])})
 
     @classmethod
-    def infer(cls, value: np.ndarray, kind: str | None = None, depth_scale: float | None = None) -> KeySpec:
+    def infer(cls, value: np.ndarray, kind: str | None = None, depth_scale: float | None = None) -> Feature:
         """Spec of one sample; images are recognised by dtype and shape unless told."""
         value = np.asarray(value)
         if kind is None:
@@ -80,6 +104,10 @@ class KeySpec:
         if kind == "lowdim" and value.dtype.kind == "f":  # low-dim data is float32 by design
             dtype = "float32"
         return cls(shape=value.shape, dtype=dtype, kind=kind, depth_scale=depth_scale)
+
+
+# The store's name for a feature (one per-sample array of a stream).
+KeySpec = Feature
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robolearn.errors import UserError
 from robolearn.sim.env import Privileged, SimEnv
 
 POS_SCALE = 0.05  # metres of goal offset per unit action (OSC_POSE output_max)
@@ -446,14 +447,27 @@ class SquareExpert(_CarryExpert):
         return p.table_z + 0.04
 
 
-def make_expert(task: str, rng: np.random.Generator) -> Expert:
-    """Scripted expert for a task name (``lift``, ``can``, ``square``, ``stack``)."""
-    experts: dict[str, type[Expert]] = {
-        "lift": LiftExpert,
-        "can": CanExpert,
-        "square": SquareExpert,
-        "stack": StackExpert,
-    }
-    if task not in experts:
-        raise ValueError(f"no scripted expert for task {task!r}; available: {', '.join(experts)}")
-    return experts[task](rng)
+EXPERTS: dict[str, type[Expert]] = {
+    "lift": LiftExpert,
+    "can": CanExpert,
+    "square": SquareExpert,
+    "stack": StackExpert,
+}
+
+
+def make_expert(name: str, rng: np.random.Generator) -> Expert:
+    """The scripted expert a task definition names: a key of ``EXPERTS`` or ``package.module:Class``."""
+    if ":" in name:
+        import importlib
+
+        module, _, cls_name = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"expert {name!r} cannot be loaded: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Expert)):
+            raise UserError(f"expert {name!r} is not a robolearn.sim.experts.Expert subclass")
+        return cls(rng)
+    if name not in EXPERTS:
+        raise UserError(f"no scripted expert {name!r}; available: {', '.join(EXPERTS)} or package.module:Class")
+    return EXPERTS[name](rng)

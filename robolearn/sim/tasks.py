@@ -24,6 +24,11 @@ class TaskConfig:
     horizon: int  # max control steps (20 Hz) per episode
     cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")  # default cameras for collection
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # extra robosuite.make kwargs
+    # Scripted expert that demonstrates the task (a name from robolearn.sim.experts.EXPERTS, or
+    # "package.module:Class"); None for tasks recorded only by teleoperation.
+    expert: str | None = None
+    # Short name -> MuJoCo body of each task object (privileged state for experts, grasp checks).
+    objects: dict[str, str] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)  # YAML file it was loaded from
 
     @property
@@ -40,6 +45,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "horizon": (int,),
     "cameras": (list, tuple),
     "env_kwargs": (dict,),
+    "expert": (str,),
+    "objects": (dict,),
 }
 _REQUIRED = ("name", "env_name", "instruction", "horizon")
 
@@ -112,6 +119,8 @@ def _validate(raw: Any, path: Path) -> TaskConfig:
         horizon=raw["horizon"],
         cameras=tuple(cameras),
         env_kwargs=dict(env_kwargs),
+        expert=raw.get("expert"),
+        objects=dict(raw.get("objects", {})),
         source=path.resolve(),
     )
 

@@ -1,0 +1,39 @@
+"""Rigs: a simulated task or a real robot with its sensors, behind one interface (`Rig`).
+
+``make_rig("sim:lift", cameras=[...])`` builds the simulated rig; ``make_rig("hardware/<rig>.yaml")``
+builds a real one from its rig file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robolearn.errors import UserError
+from robolearn.rigs.base import ACTION_KEY, Observation, Rig, RigError, Sample, StepResult, flat
+
+__all__ = ["ACTION_KEY", "Observation", "Rig", "RigError", "Sample", "StepResult", "flat", "make_rig"]
+
+
+def make_rig(spec: str, **options: Any) -> Rig:
+    """A rig from ``sim:<task name or task YAML>`` or a rig file ``hardware/<rig>.yaml``.
+
+    ``options`` are the simulated rig's settings (``cameras``, ``image_size``, ``depth``,
+    ``defer_cameras``, ``seed``); a rig file carries its own."""
+    if spec.startswith("sim:"):
+        from robolearn.rigs.sim import SimRig, SimRigConfig
+
+        task = spec.split(":", 1)[1]
+        if not task:
+            raise UserError("rig 'sim:' names no task; use sim:<task>, e.g. sim:lift")
+        unknown = set(options) - set(SimRigConfig.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"simulated rigs take no option(s) {sorted(unknown)}")
+        if "cameras" in options:
+            options["cameras"] = tuple(options["cameras"])
+        return SimRig(SimRigConfig(task=task, **options))
+    if spec.endswith((".yaml", ".yml")):
+        if not Path(spec).is_file():
+            raise UserError(f"rig file not found: {spec}")
+        raise UserError(f"{spec}: hardware rig files are not supported by this version yet; use sim:<task>")
+    raise UserError(f"unknown rig {spec!r}: use sim:<task> (e.g. sim:lift) or a rig file hardware/<rig>.yaml")

@@ -28,13 +28,13 @@ CAMERAS = ("agentview", "robot0_eye_in_hand")
 
 def run_expert(task: str, seeds: list[int]) -> list[dict]:
     """Roll out the scripted expert once per seed; stop on success or at the horizon."""
-    from robolearn.sim import make_env
+    from robolearn.sim import load_task, make_env
     from robolearn.sim.experts import make_expert
 
     env = make_env(task)
     out = []
     for seed in seeds:
-        expert = make_expert(task, np.random.default_rng(seed))
+        expert = make_expert(load_task(task).expert, np.random.default_rng(seed))
         obs, info = env.reset(seed=seed)
         expert.reset(env)
         steps, success = 0, False
@@ -77,7 +77,7 @@ def expert_stats(task: str, n_seeds: int, workers: int) -> dict:
 
 def speed_stats(task: str, min_steps: int) -> dict:
     """Replay the expert's actions (seed 0, repeated episodes) with and without cameras."""
-    from robolearn.sim import make_env
+    from robolearn.sim import load_task, make_env
     from robolearn.sim.experts import make_expert
 
     # Record actions from expert episodes (no cameras) until we have enough steps.
@@ -85,7 +85,7 @@ def speed_stats(task: str, min_steps: int) -> dict:
     episodes: list[tuple[int, list[np.ndarray]]] = []
     total, seed = 0, 0
     while total < min_steps:
-        expert = make_expert(task, np.random.default_rng(seed))
+        expert = make_expert(load_task(task).expert, np.random.default_rng(seed))
         obs, _ = env.reset(seed=seed)
         expert.reset(env)
         actions = []

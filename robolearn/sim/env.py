@@ -1,14 +1,13 @@
-"""Gymnasium-style wrapper around robosuite tasks: seeded resets, fast offscreen cameras, state re-rendering."""
+"""Gymnasium-style wrapper around robosuite tasks: seeded resets, fast offscreen cameras, state re-rendering.
+
+Nothing here is specific to one task: which bodies are the task's objects comes from the task
+definition (``objects`` in its YAML), and task-specific targets are read by that task's expert.
+"""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import logging
-import os
-import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,22 +15,16 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from robolearn.errors import UserError
+from robolearn.sim.render import DEPTH_SCALE, CameraRenderer
+from robolearn.sim.robosuite_import import import_robosuite, np_global_seed
 from robolearn.sim.tasks import TaskConfig, load_task
 
 CONTROL_FREQ = 20  # Hz
-DEPTH_SCALE = 0.001  # metres per depth unit (uint16 millimetres)
 _BUILD_SEED = 0  # model construction draws from np.random (e.g. Lift's cube size); fixed so all envs agree
-
-# Names of the privileged quantities per robosuite env: bodies as objects, task-specific targets.
-_OBJECT_BODIES: dict[str, dict[str, str]] = {
-    "Lift": {"cube": "cube_main"},
-    "PickPlaceCan": {"can": "Can_main"},
-    "NutAssemblySquare": {"nut": "SquareNut_main"},
-    "Stack": {"cubeA": "cubeA_main", "cubeB": "cubeB_main"},
-}
-_OBJ_GEOM = mujoco.mjtObj.mjOBJ_GEOM
-_GEOM_NONE = mujoco.mjtGeom.mjGEOM_NONE
 LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos", "object")
+__all__ = ["CONTROL_FREQ", "DEPTH_SCALE", "LOWDIM_KEYS", "Pose", "Privileged", "SimEnv", "make_env",
+           "lowdim_shapes", "quat_to_rot6d"]
 
 
 def quat_to_rot6d(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -45,195 +38,6 @@ def quat_to_rot6d(quat_xyzw: np.ndarray) -> np.ndarray:
         1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w),
         2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w),
     ])
-
-
-# --------------------------------------------------------------------------------------------------
-# robosuite import: quiet, once
-# --------------------------------------------------------------------------------------------------
-
-
-class _MacroWarningFilter(logging.Filter):
-    """Drops only robosuite's 'no private macro file' nag; every other robosuite log record passes."""
-
-    _PREFIXES = (
-        "No private macro file found",
-        "It is recommended to use a private macro file",
-        "To setup, run:",
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not (msg.startswith(self._PREFIXES) and ("macro" in msg))
-
-
-# Installed at import so the filter also applies if robosuite is first imported elsewhere later on.
-logging.getLogger("robosuite_logs").addFilter(_MacroWarningFilter())
-_robosuite: Any = None
-
-
-def _import_robosuite() -> Any:
-    """Import robosuite lazily (it takes ~1 s), without its macro-file nag."""
-    global _robosuite
-    if _robosuite is None:
-        with warnings.catch_warnings():
-            # robosuite logs that nag via the deprecated Logger.warn.
-            warnings.filterwarnings(
-                "ignore", message=".*'warn' method is deprecated", category=DeprecationWarning
-            )
-            import robosuite
-
-        _robosuite = robosuite
-    return _robosuite
-
-
-@contextlib.contextmanager
-def _np_global_seed(seed: int) -> Iterator[None]:
-    """Seed numpy's global RNG (robosuite samples placements from it) and restore the caller's state after."""
-    saved = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
-
-
-# --------------------------------------------------------------------------------------------------
-# Offscreen camera renderer
-# --------------------------------------------------------------------------------------------------
-
-
-def _gl_context_class() -> Any:
-    # mujoco.GLContext is bound at `import mujoco` time; honour MUJOCO_GL as it is now instead.
-    backend = os.environ.get("MUJOCO_GL", "").lower()
-    if backend == "egl":
-        from mujoco.egl import GLContext
-    elif backend == "osmesa":
-        from mujoco.osmesa import GLContext
-    else:
-        from mujoco.glfw import GLContext
-    return GLContext
-
-
-_live_renderers: weakref.WeakSet[_CameraRenderer] = weakref.WeakSet()
-_atexit_registered = False
-
-
-def _close_live_renderers() -> None:
-    for r in list(_live_renderers):
-        r.close()
-
-
-class _CameraRenderer:
-    """Renders fixed model cameras to upright uint8 RGB and uint16-millimetre depth.
-
-    Owns its GL context and MjrContext (robosuite's render context is never created), so it can free
-    both in the right order: MjrContext while its GL context is current, then the GL context, all
-    before EGL is terminated at exit.
-    """
-
-    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], size: int, depth: bool) -> None:
-        global _atexit_registered
-        self._model = model
-        self._size = size
-        self._depth = depth
-        self._cam_ids = [model.camera(name).id for name in cameras]
-        self._names = list(cameras)
-        # Multisampling doubles the render cost on software GL and only smooths edges.
-        model.vis.quality.offsamples = 0
-        # The offscreen buffer only needs to hold the requested image.
-        model.vis.global_.offwidth = size
-        model.vis.global_.offheight = size
-        self._ctx = _gl_context_class()(size, size)
-        self._ctx.make_current()
-        self._con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_50)  # no text is drawn
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
-        # Read depth reversed (1 at the near plane, 0 at the far plane): float precision then stays
-        # fine at range instead of being spent next to the near plane.
-        self._con.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-        self._scene = mujoco.MjvScene(model, maxgeom=2000)
-        # Planar reflections re-render the whole scene per reflective plane/box (floor reflectance 0.01,
-        # nut boxes): > 2x the cost for a change of ~1 grey level on average at 84x84.
-        self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        self._opt = mujoco.MjvOption()
-        self._opt.geomgroup[0] = 0  # hide collision geoms, as robosuite does
-        self._pert = mujoco.MjvPerturb()
-        self._cam = mujoco.MjvCamera()
-        self._cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        self._rect = mujoco.MjrRect(0, 0, size, size)
-        # View-frustum culling (see _cull_outside_view). Exact only without shadows: a caster outside
-        # the view can shade what is inside.
-        self.cull = not bool(np.any(model.light_castshadow))
-        self._rbound = model.geom_rbound * 1.02 + 0.005  # bounding spheres, slightly inflated
-        self._rbound[(model.geom_rbound <= 0) | (model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE)] = np.inf
-        self._tan_half = np.tan(np.deg2rad(model.cam_fovy[self._cam_ids]) / 2) * 1.05
-        self._rgb = np.empty((size, size, 3), np.uint8)
-        self._zbuf = np.empty((size, size), np.float32)
-        extent = float(model.stat.extent)
-        self._near = float(model.vis.map.znear) * extent
-        self._far = float(model.vis.map.zfar) * extent
-        _live_renderers.add(self)
-        if not _atexit_registered:
-            # Registered after the first GL context exists, hence after mujoco's eglTerminate hook, so
-            # (atexit being LIFO) contexts are freed while EGL is still alive.
-            atexit.register(_close_live_renderers)
-            _atexit_registered = True
-
-    def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
-        if self._con is None:
-            raise RuntimeError("renderer is closed")
-        self._ctx.make_current()  # another env in this thread may have made its own context current
-        out: dict[str, np.ndarray] = {}
-        for i, (name, cam_id) in enumerate(zip(self._names, self._cam_ids, strict=True)):
-            self._cam.fixedcamid = cam_id
-            mujoco.mjv_updateScene(
-                self._model, data, self._opt, self._pert, self._cam, mujoco.mjtCatBit.mjCAT_ALL, self._scene
-            )
-            if self.cull:
-                self._cull_outside_view(data, self._tan_half[i])
-            mujoco.mjr_render(self._rect, self._scene, self._con)
-            mujoco.mjr_readPixels(self._rgb, self._zbuf if self._depth else None, self._rect, self._con)
-            # OpenGL rows run bottom-up; flip to the usual top-down image layout.
-            out[f"{name}_image"] = self._rgb[::-1].copy()
-            if self._depth:
-                out[f"{name}_depth"] = self._depth_mm(self._zbuf[::-1])
-        return out
-
-    def _cull_outside_view(self, data: mujoco.MjData, tan_half: float) -> None:
-        """Drop scene geoms whose bounding sphere lies wholly outside the camera's view frustum.
-
-        Software GL spends nearly all its time transforming mesh vertices (the Panda meshes have
-        ~170k faces), visible or not; the wrist camera sees few of them. Geoms outside the frustum
-        produce no fragments, so the image is bit-identical (a test checks this).
-        """
-        cam = self._scene.camera[0]  # the GL camera mjv_updateScene just set up
-        pos = np.asarray(cam.pos, np.float64)
-        fwd = np.asarray(cam.forward, np.float64)
-        up = np.asarray(cam.up, np.float64)
-        rel = data.geom_xpos - pos
-        z, x, y = rel @ fwd, rel @ np.cross(fwd, up), rel @ up
-        norm = np.sqrt(1.0 + tan_half * tan_half)  # distance to the side planes |x| = tan_half * z
-        r = self._rbound
-        outside = (z < -r) | ((np.abs(x) - tan_half * z) / norm > r) | ((np.abs(y) - tan_half * z) / norm > r)
-        if not outside.any():
-            return
-        for g in self._scene.geoms[: self._scene.ngeom]:
-            if g.objtype == _OBJ_GEOM and outside[g.objid]:
-                g.type = _GEOM_NONE  # skipped by mjr_render
-
-    def _depth_mm(self, zbuf: np.ndarray) -> np.ndarray:
-        # Invert the reversed-Z perspective projection: depth = n*f / (z*(f - n) + n), in metres.
-        n, f = self._near, self._far
-        metres = (n * f) / (zbuf.astype(np.float64) * (f - n) + n)
-        return np.clip(np.rint(metres / DEPTH_SCALE), 0, np.iinfo(np.uint16).max).astype(np.uint16)
-
-    def close(self) -> None:
-        if self._con is None:
-            return
-        self._ctx.make_current()
-        self._con.free()
-        self._con = None
-        self._ctx.free()
-        _live_renderers.discard(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,11 +94,6 @@ class SimEnv(gym.Env):
         seed: int | None = None,
     ) -> None:
         self._task = task if isinstance(task, TaskConfig) else load_task(task)
-        if self._task.env_name not in _OBJECT_BODIES:
-            raise ValueError(
-                f"task {self._task.name!r}: robosuite env {self._task.env_name!r} is not supported; "
-                f"supported: {', '.join(_OBJECT_BODIES)}"
-            )
         if isinstance(cameras, str):
             cameras = [cameras]
         if image_size <= 0:
@@ -304,13 +103,13 @@ class SimEnv(gym.Env):
         self._depth = bool(depth)
         if self._depth and not self._cameras:
             raise ValueError("depth=True needs at least one camera")
-        suite = _import_robosuite()
+        suite = import_robosuite()
         controller = suite.load_controller_config(default_controller="OSC_POSE")
         kwargs: dict[str, Any] = {"robots": "Panda", "reward_shaping": False, **self._task.env_kwargs}
         kwargs.update(
             controller_configs=controller,
             has_renderer=False,
-            # We render ourselves (see _CameraRenderer); robosuite's context would only cost time.
+            # We render ourselves (see CameraRenderer); robosuite's context would only cost time.
             has_offscreen_renderer=False,
             use_camera_obs=False,
             use_object_obs=True,
@@ -321,7 +120,7 @@ class SimEnv(gym.Env):
             # re-samples placements just the same.
             hard_reset=False,
         )
-        with _np_global_seed(_BUILD_SEED):
+        with np_global_seed(_BUILD_SEED):
             self._env = suite.make(self._task.env_name, **kwargs)
         self._sim = self._env.sim
         self._model: mujoco.MjModel = self._sim.model._model
@@ -329,7 +128,16 @@ class SimEnv(gym.Env):
         self._robot = self._env.robots[0]
         self._joint_idx = np.asarray(self._robot._ref_joint_pos_indexes)
         self._eef_site = int(self._robot.eef_site_id)
-        self._body_ids = {k: self._model.body(v).id for k, v in _OBJECT_BODIES[self._task.env_name].items()}
+        self._body_ids: dict[str, int] = {}
+        for short, body in self._task.objects.items():
+            try:
+                self._body_ids[short] = self._model.body(body).id
+            except KeyError:
+                self._env.close()
+                raise UserError(f"task {self._task.name!r}: object {short!r} names body {body!r}, which robosuite "
+                                f"env {self._task.env_name!r} does not have") from None
+        # Named geoms of each object's body subtree: what the fingers must touch for a grasp.
+        self._grasp_geoms = {k: self._subtree_geom_names(b) for k, b in self._body_ids.items()}
         # robosuite's object-state observables, in its order; "object" is them with each quaternion as rot6d.
         self._object_obs = [n for n, o in self._env._observables.items()
                             if o.modality == "object" and o.is_enabled() and o.is_active()]
@@ -341,7 +149,7 @@ class SimEnv(gym.Env):
                 f"unknown camera(s) {missing} for task {self._task.name!r}; available: {', '.join(available)}"
             )
         self._renderer = (
-            _CameraRenderer(self._model, self._cameras, self._image_size, self._depth)
+            CameraRenderer(self._model, self._cameras, self._image_size, self._depth)
             if self._cameras
             else None
         )
@@ -393,6 +201,16 @@ class SimEnv(gym.Env):
         return self._steps / CONTROL_FREQ
 
     @property
+    def model(self) -> mujoco.MjModel:
+        """The MuJoCo model (read-only use: experts look up bodies and sites)."""
+        return self._model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        """The live MuJoCo data (read-only use)."""
+        return self._data
+
+    @property
     def robosuite_env(self) -> Any:
         """The wrapped robosuite environment (escape hatch; prefer :meth:`privileged`)."""
         return self._env
@@ -408,7 +226,7 @@ class SimEnv(gym.Env):
         self._check_open()
         if seed is None:
             seed = int(self._seed_rng.integers(2**31 - 1))
-        with _np_global_seed(int(seed)):
+        with np_global_seed(int(seed)):
             self._env.reset()
         self._sim.forward()
         self._steps = 0
@@ -472,53 +290,36 @@ class SimEnv(gym.Env):
 
     # ---------------------------------------------------------------- expert access
     def privileged(self) -> Privileged:
-        """Ground-truth poses for scripted experts (copies; safe to keep)."""
+        """Ground-truth poses for scripted experts (copies; safe to keep). Task-specific targets
+        (a goal bin, a peg) are added by the task's expert, which knows its robosuite env."""
         d, env = self._data, self._env
         objects = {
             k: Pose(d.xpos[i].copy(), d.xmat[i].reshape(3, 3).copy()) for k, i in self._body_ids.items()
         }
         eef = Pose(d.site_xpos[self._eef_site].copy(), d.site_xmat[self._eef_site].reshape(3, 3).copy())
         gripper_qpos = d.qpos[self._robot._ref_gripper_joint_pos_indexes].copy()
-        targets: dict[str, np.ndarray] = {}
-        sites: dict[str, np.ndarray] = {}
-        name = self._task.env_name
-        if name == "PickPlaceCan":
-            targets["goal"] = env.target_bin_placements[env.object_to_id["can"]].copy()
-            # The success region is the goal's quarter of bin 2: goal +- bin_size/4 in x and y.
-            targets["goal_half_extent"] = np.asarray(env.bin_size[:2], dtype=np.float64) / 4
-            targets["source_bin"] = np.asarray(env.bin1_pos, dtype=np.float64).copy()
-            targets["bin_half_extent"] = np.asarray(env.bin_size[:2], dtype=np.float64) / 2
-            table_z = float(env.bin1_pos[2])
-        else:
-            table_z = float(env.table_offset[2])
-        if name == "NutAssemblySquare":
-            targets["peg"] = d.xpos[env.peg1_body_id].copy()
-            sites["nut_handle"] = d.site_xpos[self._model.site("SquareNut_handle_site").id].copy()
         gripper = self._robot.gripper
-        grasping = {
-            k: bool(env._check_grasp(gripper=gripper, object_geoms=self._grasp_geoms(k))) for k in objects
-        }
+        grasping = {k: bool(env._check_grasp(gripper=gripper, object_geoms=self._grasp_geoms[k])) for k in objects}
+        table = getattr(env, "table_offset", None)
         return Privileged(
             eef=eef,
             gripper_qpos=gripper_qpos,
             joint_pos=d.qpos[self._joint_idx].copy(),
             robot_base=np.asarray(self._robot.base_pos, dtype=np.float64).copy(),
             objects=objects,
-            targets=targets,
-            sites=sites,
-            table_z=table_z,
+            table_z=float(table[2]) if table is not None else 0.0,
             grasping=grasping,
         )
 
-    def _grasp_geoms(self, key: str) -> Any:
-        env, name = self._env, self._task.env_name
-        if name == "Lift":
-            return env.cube
-        if name == "PickPlaceCan":
-            return env.objects[env.object_to_id["can"]]
-        if name == "NutAssemblySquare":
-            return env.nuts[env.nut_id]
-        return env.cubeA if key == "cubeA" else env.cubeB
+    def _subtree_geom_names(self, body_id: int) -> list[str]:
+        m = self._model
+        bodies = {body_id}
+        for b in range(m.nbody):  # bodies are numbered parents first
+            if m.body_parentid[b] in bodies and b != 0:
+                bodies.add(b)
+        collides = (m.geom_contype != 0) | (m.geom_conaffinity != 0)  # visual-only geoms never touch
+        return [m.geom(g).name for g in range(m.ngeom)
+                if m.geom_bodyid[g] in bodies and collides[g] and m.geom(g).name]
 
     # ---------------------------------------------------------------- internals
     def _observe(self) -> dict[str, np.ndarray]:
@@ -539,7 +340,7 @@ class SimEnv(gym.Env):
         return np.concatenate(parts).astype(np.float32)
 
     def _make_observation_space(self) -> gym.spaces.Dict:
-        with _np_global_seed(_BUILD_SEED):
+        with np_global_seed(_BUILD_SEED):
             self._env.reset()  # robosuite needs a reset before observations exist; seeded resets follow
         raw = self._env._get_observations(force_update=True)
         inf = np.inf
@@ -567,7 +368,7 @@ class SimEnv(gym.Env):
         )
 
 
-def _release(renderer: _CameraRenderer | None, env: Any) -> None:
+def _release(renderer: CameraRenderer | None, env: Any) -> None:
     # GL resources first (they reference the model), then the simulator.
     if renderer is not None:
         renderer.close()

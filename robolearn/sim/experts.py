@@ -13,7 +13,7 @@ for the rare episode where the task check lags behind the script.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -99,12 +99,12 @@ class Expert:
         self.done = False
         self._style = self._sample_style()
         self._set_phase("approach")
-        self._on_reset(env.privileged())
+        self._on_reset(self.privileged(env))
 
     def act(self, env: SimEnv, obs: dict) -> np.ndarray:
         """7-d OSC_POSE action for the current state (``obs`` is unused: experts read privileged state)."""
         del obs
-        p = env.privileged()
+        p = self.privileged(env)
         pos, yaw, grip, gain = self._plan(p)
         self._phase_steps += 1
         return self._servo(p, pos, yaw, grip, gain)
@@ -116,7 +116,16 @@ class Expert:
             raise RuntimeError("call Expert.reset(env) after env.reset() and before act()")
         return self._style
 
+    def privileged(self, env: SimEnv) -> Privileged:
+        """The env's generic privileged state plus what this task's expert needs of its robosuite env."""
+        return self._task_state(env, env.privileged())
+
     # ------------------------------------------------------------------ to override
+    def _task_state(self, env: SimEnv, p: Privileged) -> Privileged:
+        """Add task-specific targets and sites (a goal, a peg); the env itself knows no task."""
+        del env
+        return p
+
     def _on_reset(self, p: Privileged) -> None:
         pass
 
@@ -311,6 +320,18 @@ class _CarryExpert(_PickExpert):
 class CanExpert(_CarryExpert):
     """PickPlaceCan: the can goes from the left bin into its quarter of the right bin."""
 
+    def _task_state(self, env: SimEnv, p: Privileged) -> Privileged:
+        rs = env.robosuite_env
+        bin_size = np.asarray(rs.bin_size[:2], dtype=np.float64)
+        targets = {
+            "goal": np.asarray(rs.target_bin_placements[rs.object_to_id["can"]], dtype=np.float64).copy(),
+            # The success region is the goal's quarter of bin 2: goal +- bin_size/4 in x and y.
+            "goal_half_extent": bin_size / 4,
+            "source_bin": np.asarray(rs.bin1_pos, dtype=np.float64).copy(),
+            "bin_half_extent": bin_size / 2,
+        }
+        return replace(p, targets=targets, table_z=float(rs.bin1_pos[2]))
+
     name = "can"
     obj = "can"
     grasp_period = np.pi  # a cylinder: any yaw, up to finger symmetry
@@ -386,6 +407,11 @@ class StackExpert(_CarryExpert):
 
 class SquareExpert(_CarryExpert):
     """NutAssemblySquare: grasp the nut by its handle, align it over the square peg, lower it down."""
+
+    def _task_state(self, env: SimEnv, p: Privileged) -> Privileged:
+        rs, model, data = env.robosuite_env, env.model, env.data
+        return replace(p, targets={"peg": data.xpos[rs.peg1_body_id].copy()},
+                       sites={"nut_handle": data.site_xpos[model.site("SquareNut_handle_site").id].copy()})
 
     name = "square"
     obj = "nut"

@@ -241,10 +241,11 @@ class _Collector:
 
 
 _COLLECTOR: _Collector | None = None
+_INIT_ERROR: BaseException | None = None
 
 
 def _init_worker(cfg: RecordConfig, parent_pid: int) -> None:
-    global _COLLECTOR
+    global _COLLECTOR, _INIT_ERROR
     # Ctrl-C is the parent's to handle; and a worker must not outlive a parent killed with SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -257,10 +258,15 @@ def _init_worker(cfg: RecordConfig, parent_pid: int) -> None:
     # before spending seconds building environments for nobody.
     if os.getppid() != parent_pid:
         os._exit(0)
-    _COLLECTOR = _Collector(cfg)
+    try:
+        _COLLECTOR = _Collector(cfg)
+    except Exception as e:  # a failed initializer breaks the pool and loses the error: hand it over instead
+        _INIT_ERROR = e
 
 
 def _worker_attempt(seed: int) -> Attempt:
+    if _INIT_ERROR is not None:
+        raise _INIT_ERROR
     assert _COLLECTOR is not None
     return _COLLECTOR.attempt(seed)
 

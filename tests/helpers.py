@@ -8,6 +8,8 @@ import numpy as np
 
 from robolearn.data.schema import EpisodeInfo, KeySpec
 from robolearn.data.store import DemoStore
+from robolearn.teleop import Event
+from robolearn.teleop.expert import ExpertTeleop
 
 
 def synth_episode(rng: np.random.Generator, length: int, cam_rate: float = 1.5, size: int = 16) -> dict:
@@ -43,3 +45,33 @@ def write_synth_store(path: Path, lengths: list[int], seed: int = 0) -> list[dic
                 w.commit(EpisodeInfo(task="synthetic", success=i % 2 == 0, fps=20.0, seed=i))
             eps.append(ep)
     return eps
+
+
+class OperatorScript(ExpertTeleop):
+    """A scripted operator: the sim expert's hands plus operator decisions, as a person would give them.
+
+    Per episode (counted from 0): episode 0 is discarded after 3 ticks, episode 1 is marked failed
+    after 3 ticks, later episodes run to the rig's own end; ticks 2-4 of every episode are marked as
+    interventions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.episode = -1
+        self.tick = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self.episode += 1
+        self.tick = 0
+
+    def act(self, observation):  # noqa: ANN001, ANN201
+        action, _ = super().act(observation)
+        self.tick += 1
+        return action, 2 <= self.tick - 1 <= 4
+
+    def events(self):  # noqa: ANN201
+        if self.tick == 3 and self.episode == 0:
+            return [Event.DISCARD]
+        if self.tick == 3 and self.episode == 1:
+            return [Event.FAILURE]
+        return []

@@ -170,8 +170,24 @@ def test_truncation_at_horizon():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown camera"):
         make_env("lift", cameras=["nope"])
-    with pytest.raises(ValueError, match="not supported"):
-        make_env(TaskConfig(name="x", env_name="Door", instruction="open", horizon=5))
+    with pytest.raises(ValueError, match="object 'handle' names body 'nope'"):
+        make_env(TaskConfig(name="x", env_name="Door", instruction="open", horizon=5, objects={"handle": "nope"}))
+
+
+def test_a_new_robosuite_task_needs_no_code():
+    # Door was never special-cased: its definition alone (objects by body name) makes it work.
+    env = make_env(TaskConfig(name="door", env_name="Door", instruction="open the door", horizon=5,
+                              objects={"door": "Door_main"}))
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["object"].ndim == 1 and obs["object"].shape[0] > 0
+        p = env.privileged()
+        assert set(p.objects) == {"door"} and p.grasping == {"door": False}
+        for _ in range(5):
+            obs, _, _, truncated, _ = env.step(np.zeros(7))
+        assert truncated
+    finally:
+        env.close()
 
 
 def _rollout(env, seed: int, actions: np.ndarray) -> list[dict]:

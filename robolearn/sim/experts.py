@@ -85,6 +85,8 @@ class Expert:
     """Base scripted expert. Subclasses implement :meth:`_plan` returning one waypoint per step."""
 
     name = "expert"
+    # Short names of the task objects (the task definition's ``objects``) this expert reads.
+    objects: tuple[str, ...] = ()
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -92,6 +94,12 @@ class Expert:
         self.phase = "start"
         self._phase_steps = 0
         self._style: _Style | None = None  # drawn per episode in reset()
+
+    @classmethod
+    def required_objects(cls) -> tuple[str, ...]:
+        """The task objects this expert reads: ``objects``, else the one it picks (``obj``)."""
+        obj = getattr(cls, "obj", None)
+        return cls.objects or ((obj,) if obj else ())
 
     # ------------------------------------------------------------------ public API
     def reset(self, env: SimEnv) -> None:
@@ -374,6 +382,7 @@ class StackExpert(_CarryExpert):
 
     name = "stack"
     obj = "cubeA"
+    objects = ("cubeA", "cubeB")
     move_tol = 0.006
 
     def _on_reset(self, p: Privileged) -> None:

@@ -15,9 +15,21 @@ TELEOPS = ("expert",)
 
 
 def make_teleop(name: str) -> Teleoperator:
-    """A teleoperator by name: ``expert`` (scripted, simulation only)."""
+    """A teleoperator by name: ``expert`` (scripted, simulation only), or ``package.module:Class`` for
+    one of your own (a :class:`Teleoperator` subclass taking no arguments)."""
     if name == "expert":
         from robolearn.teleop.expert import ExpertTeleop
 
         return ExpertTeleop()
-    raise UserError(f"unknown teleoperator {name!r}; available: {', '.join(TELEOPS)}")
+    if ":" in name:
+        import importlib
+
+        module, _, cls_name = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"teleoperator {name!r} cannot be loaded: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Teleoperator)):
+            raise UserError(f"teleoperator {name!r} is not a robolearn.teleop.Teleoperator subclass")
+        return cls()
+    raise UserError(f"unknown teleoperator {name!r}; available: {', '.join(TELEOPS)} or package.module:Class")

@@ -29,6 +29,13 @@ class ExpertTeleop(Teleoperator):
         if not rig.task.expert:
             raise UserError(f"task {rig.task.name!r} names no expert (field 'expert' in {rig.task.source}); "
                             "record it with a teleoperation device instead")
+        from robolearn.sim.experts import make_expert
+
+        missing = [o for o in make_expert(rig.task.expert, np.random.default_rng(0)).required_objects()
+                   if o not in rig.task.objects]
+        if missing:
+            raise UserError(f"expert {rig.task.expert!r} reads object(s) {missing}, which task {rig.task.name!r} "
+                            f"does not define; add them to 'objects' in {rig.task.source} (short name: body name)")
         self._rig = rig
 
     def reset(self, seed: int | None = None) -> None:

@@ -47,3 +47,34 @@ def test_store_aligns_camera_stream_at_read_time(synth_store):
     np.testing.assert_array_equal(aligned["cam_image"], ep["image"][expected])
     # the stored camera stream itself was not resampled
     assert store.read_episode(2, ["cam_image"], align=False)["cam_image"].shape[0] == len(ep["t_cam"])
+
+
+def test_stalled_camera_is_flagged_by_read_and_verify(tmp_path):
+    # A camera that stops delivering for 0.5 s in the middle of an episode: reading with max_lag and
+    # `data verify --max-lag` both name the episode and stream; without it the last frame repeats.
+    import subprocess
+    import sys
+
+    from robolearn.data.inspect import verify
+    from robolearn.data.schema import EpisodeInfo, Feature, SchemaError
+
+    path = tmp_path / "stall.zarr"
+    t_ctrl = np.arange(40) / 20.0
+    t_cam = np.concatenate([np.arange(0, 0.8, 1 / 30), np.arange(1.3, 2.0, 1 / 30)])
+    with DemoStore.open(path, mode="a") as store:
+        store.declare_stream("control", {"action": Feature((2,))})
+        store.declare_stream("cam", {"cam_image": Feature((4, 4, 3), "uint8", "rgb")})
+        with store.begin_episode() as w:
+            w.extend("control", t_ctrl, t_ctrl, action=np.zeros((40, 2), np.float32))
+            w.extend("cam", t_cam, t_cam, cam_image=np.zeros((len(t_cam), 4, 4, 3), np.uint8))
+            w.commit(EpisodeInfo(task="stall", fps=20.0))
+    store = DemoStore.open(path)
+    assert store.read_episode(0, ["cam_image"])["cam_image"].shape[0] == 40
+    with pytest.raises(SchemaError, match=r"episode 0, stream 'cam'.*no sample within 0.1s"):
+        store.read_episode(0, ["cam_image"], max_lag=0.1)
+    assert verify(path).ok and verify(path, max_lag=0.6).ok
+    rep = verify(path, max_lag=0.1)
+    assert not rep.ok and "episode 0, stream cam: stalled" in rep.problems[0]
+    res = subprocess.run([sys.executable, "-m", "robolearn", "data", "verify", str(path), "--max-lag", "0.1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "stalled" in res.stderr

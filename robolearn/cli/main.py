@@ -67,7 +67,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
     if not Path(args.store).exists():
         raise UsageError(f"no store at {args.store}")
-    rep = verify(args.store)
+    rep = verify(args.store, max_lag=args.max_lag)
     if rep.ok:
         print(f"{rep.path}: OK — {rep.episodes} episodes, {rep.chunks_read} chunk reads, schema consistent")
         return 0
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(func=cmd_data_info)
     dv = dsub.add_parser("verify", help="read every chunk and check the schema (exit 1 on a problem)")
     dv.add_argument("store")
+    dv.add_argument("--max-lag", type=float, default=None, metavar="SECONDS",
+                    help="also flag ticks where a camera stream has no frame this recent (a stalled camera)")
     dv.set_defaults(func=cmd_data_verify)
 
     t = sub.add_parser("train", help="train a diffusion or flow policy on a store")

@@ -90,8 +90,11 @@ def _episode_of(ends: np.ndarray, row: int) -> int:
     return int(np.searchsorted(ends, row, side="right"))
 
 
-def verify(path: str | os.PathLike, max_problems: int = 20) -> VerifyReport:
-    """Read every committed chunk and check the schema; problems name the episode and key."""
+def verify(path: str | os.PathLike, max_problems: int = 20, max_lag: float | None = None) -> VerifyReport:
+    """Read every committed chunk and check the schema; problems name the episode and key.
+
+    With ``max_lag`` (seconds), a stream that has no sample within that time of some control tick
+    (a stalled or unplugged camera) is a problem too."""
     rep = VerifyReport(str(path))
     try:
         store = DemoStore.open(path)
@@ -172,6 +175,19 @@ def verify(path: str | os.PathLike, max_problems: int = 20) -> VerifyReport:
             if length != lengths[i]:
                 if problem(f"episode {i}: metadata says {length} steps, control stream has {lengths[i]}"):
                     return rep
+    if max_lag is not None and CONTROL_STREAM in store.streams:
+        from robolearn.data.align import align_to_reference
+
+        for i in range(n):
+            ref = store.timestamps(CONTROL_STREAM, i)
+            for stream in store.streams:
+                if stream == CONTROL_STREAM or not len(ref):
+                    continue
+                try:
+                    align_to_reference(ref, store.timestamps(stream, i), max_lag=max_lag)
+                except ValueError as e:
+                    if problem(f"episode {i}, stream {stream}: stalled: {e}"):
+                        return rep
     for name, col in store.columns.items():
         rows = store.committed_rows(CONTROL_STREAM)
         if col["values"].shape[0] < rows:

@@ -266,8 +266,12 @@ class DemoStore:
         vals = col["values"][a:b] if col["values"].shape[0] >= b else np.full(b - a, np.nan, np.float32)
         return vals, (json.loads(prov) if prov else None)
 
-    def read_episode(self, episode: int, keys: Sequence[str] | None = None, align: bool = True) -> dict[str, np.ndarray]:
-        """All (or some) keys of one episode; other streams aligned onto control ticks unless ``align=False``."""
+    def read_episode(self, episode: int, keys: Sequence[str] | None = None, align: bool = True,
+                     max_lag: float | None = None) -> dict[str, np.ndarray]:
+        """All (or some) keys of one episode; other streams aligned onto control ticks unless ``align=False``.
+
+        With ``max_lag`` (seconds), a tick whose newest frame of a stream is older than that raises
+        instead of silently repeating a stalled camera's last frame."""
         from robolearn.data.align import align_to_reference
 
         keys = list(keys) if keys is not None else list(self.keys)
@@ -277,7 +281,10 @@ class DemoStore:
             stream = self.stream_of(key)
             data = self.read(key, episode)
             if align and ref_t is not None and stream != CONTROL_STREAM:
-                idx = align_to_reference(ref_t, self.timestamps(stream, episode))
+                try:
+                    idx = align_to_reference(ref_t, self.timestamps(stream, episode), max_lag=max_lag)
+                except ValueError as e:
+                    raise SchemaError(f"episode {episode}, stream {stream!r}: {e}") from None
                 data = data[idx]
             out[key] = data
         return out

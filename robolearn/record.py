@@ -27,7 +27,7 @@ import numpy as np
 from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, Feature, SchemaError
 from robolearn.data.store import DemoStore
 from robolearn.errors import UserError
-from robolearn.rigs import Rig, make_rig
+from robolearn.rigs import Rig, make_rig, rig_class
 from robolearn.rollout import Episode, run_episode
 from robolearn.teleop import Event, Teleoperator, make_teleop
 
@@ -170,7 +170,7 @@ class Attempt:
     features: dict[str, dict[str, Feature]]  # every stream's features, deferred ones included
     action: Feature
     notes: dict[str, Any]  # the rig's per-episode facts (dropped frames, ...)
-    rig_name: str
+    clocks: dict[str, str]
     task_text: str
     fps: float
     keep: bool
@@ -230,7 +230,7 @@ class _Collector:
         deferred = self.rig.fill_deferred(ep.control) if keep else {}
         features = {**self.rig.features, **self.rig.deferred_streams}
         rig = self.rig
-        return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.name, rig.task_text,
+        return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.clocks, rig.task_text,
                        rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1)
 
     def close(self) -> None:
@@ -285,7 +285,6 @@ def _attempts(cfg: RecordConfig, first_seed: int | None, workers: int) -> Iterat
                 seed = None if seed is None else seed + 1
         finally:
             collector.close()
-        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -328,7 +327,7 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     summary = RecordSummary(out=str(cfg.out))
     max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
     workers = cfg.workers or min(os.cpu_count() or 1, 4)
-    workers = max(1, min(workers, max_attempts)) if cfg.is_sim else 1
+    workers = max(1, min(workers, max_attempts)) if rig_class(cfg.rig).supports_parallel_attempts else 1
     t_start = time.perf_counter()
 
     # SIGTERM (e.g. from a supervisor) ends the run like Ctrl-C: the episode in flight is dropped,
@@ -390,7 +389,7 @@ def _write_episode(store: DemoStore, att: Attempt, seed: int | None, cfg: Record
     info = EpisodeInfo(
         task=cfg.task or att.task_text, success=att.success, source="expert" if cfg.teleop == "expert" else "teleop",
         rig=cfg.rig, fps=float(att.fps), seed=seed, dropped_frames=dropped, started_at=notes.pop("started_at", None),
-        notes={**notes, "teleop": cfg.teleop, **({"image_size": cfg.image_size} if cfg.cameras else {})},
+        notes={**notes, "teleop": cfg.teleop, "clocks": att.clocks, **({"image_size": cfg.image_size} if cfg.cameras else {})},
     )
     with store.begin_episode() as w:
         w.extend(CONTROL_STREAM, control["t_device"], control["t_host"],

@@ -12,7 +12,16 @@ from typing import Any
 from robolearn.errors import UserError
 from robolearn.rigs.base import ACTION_KEY, Observation, Rig, RigError, Sample, StepResult, flat
 
-__all__ = ["ACTION_KEY", "Observation", "Rig", "RigError", "Sample", "StepResult", "flat", "make_rig"]
+__all__ = ["ACTION_KEY", "Observation", "Rig", "RigError", "Sample", "StepResult", "flat", "make_rig", "rig_class"]
+
+
+def rig_class(spec: str) -> type[Rig]:
+    """The class ``make_rig(spec)`` would build, without building it (to ask its capabilities)."""
+    if spec.startswith("sim:"):
+        from robolearn.rigs.sim import SimRig
+
+        return SimRig
+    return Rig
 
 
 def make_rig(spec: str, **options: Any) -> Rig:

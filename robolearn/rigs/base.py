@@ -102,10 +102,8 @@ class Rig(ABC):
         only the episodes worth keeping. Real rigs stream everything live and declare none."""
         return {}
 
-    @property
-    def supports_parallel_attempts(self) -> bool:
-        """Whether independent copies of this rig may run attempts in parallel processes (sim only)."""
-        return False
+    # Whether independent copies of this rig may run attempts in parallel processes (simulators).
+    supports_parallel_attempts: bool = False
 
     def spec(self) -> str:
         """A string ``make_rig`` rebuilds this rig from (for worker processes and episode info)."""

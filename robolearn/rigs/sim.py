@@ -36,6 +36,8 @@ class SimRigConfig:
 class SimRig(Rig):
     """A :class:`~robolearn.sim.env.SimEnv` as a rig. The one clock is simulated time."""
 
+    supports_parallel_attempts = True
+
     def __init__(self, config: SimRigConfig) -> None:
         from robolearn.sim.env import make_env
         from robolearn.sim.tasks import load_task
@@ -109,10 +111,6 @@ class SimRig(Rig):
     @property
     def max_steps(self) -> int:
         return self.task.horizon
-
-    @property
-    def supports_parallel_attempts(self) -> bool:
-        return True
 
     @property
     def depth_scale(self) -> float:

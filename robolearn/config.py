@@ -236,7 +236,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise _fail(tp, value, key)
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:
-            return _convert(options[0], value, key)
+            try:
+                return _convert(options[0], value, key)
+            except ConfigError as e:
+                if e.key == key and e.message.startswith("expected "):  # say that null is fine too
+                    raise _fail(tp, value, key) from None
+                raise
         for a in options:
             try:
                 return _convert(a, value, key)
@@ -310,7 +315,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     unknown = [k for k in raw if k not in names]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(str(k), names, n=1)
+        close = difflib.get_close_matches(str(k), names, n=1) or [n for n in names if n.startswith(str(k))][:1]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise ConfigError(f"unknown key {k!r}{hint}{more}; allowed: {', '.join(names)}", key=prefix)

@@ -173,6 +173,18 @@ def yaml11_float(v: Any) -> Any:
     return float(v) if isinstance(v, str) and _SCI_FLOAT.match(v) else v
 
 
+_YAML11_BOOLS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
+def _bool_spelling(value: Any, choices: Sequence[Any]) -> Any:
+    """YAML 1.1 reads ``no``/``off``/``yes``/``on`` as booleans; where the allowed strings include exactly
+    one spelling of that boolean (``mixed_precision: no``), the user meant that string."""
+    if not isinstance(value, bool):
+        return value
+    spelled = [c for c in choices if isinstance(c, str) and c.lower() in _YAML11_BOOLS[value]]
+    return spelled[0] if len(spelled) == 1 else value
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -249,6 +261,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 continue
         raise _fail(tp, value, key)
     if origin is Literal:
+        value = _bool_spelling(value, args)
         if any(value == a and type(value) is type(a) for a in args):
             return value
         raise _fail(tp, value, key)
@@ -328,8 +341,10 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     kwargs = {}
     for f in fields:
         if f.name in raw:
-            key = join_key(prefix, f.name)
-            kwargs[f.name] = _check_field(_metadata(cls, f.name), _convert(hints[f.name], raw[f.name], key), key)
+            key, meta, value = join_key(prefix, f.name), _metadata(cls, f.name), raw[f.name]
+            if hints[f.name] is str and "choices" in meta:
+                value = _bool_spelling(value, meta["choices"])
+            kwargs[f.name] = _check_field(meta, _convert(hints[f.name], value, key), key)
     try:
         obj = cls(**kwargs)
     except ConfigError as e:

@@ -38,6 +38,7 @@ class Outer:
     ratio: float = field(default=0.5, metadata={"min": 0.0, "lt": 1.0})
     flag: bool = False
     mode: Literal["fast", "slow"] = "fast"
+    precision: Literal["auto", "no", "bf16"] = "auto"
     kind: str = field(default="a", metadata={"choices": ("a", "b")})
     keys: list[str] = field(default_factory=list)
     weights: dict[str, float] = field(default_factory=dict)
@@ -51,10 +52,12 @@ class Outer:
 def test_every_supported_type_is_read_and_converted():
     cfg = load_config(Outer, {
         "name": "x", "steps": 3, "lr": "3e-4", "ratio": 0, "flag": True, "mode": "slow", "kind": "b",
+        "precision": False,
         "keys": ["a", "b"], "weights": {"a": 1, "b": 2.5}, "limit": None, "path": "runs/x", "extra": {"any": [1]},
         "inner": {"dims": [16, 32]},
     })
     assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)  # YAML 1.1 reads 3e-4 as a string
+    assert cfg.precision == "no"  # ... and `no` as false
     assert cfg.ratio == 0.0 and isinstance(cfg.ratio, float)
     assert cfg.inner == Inner(dims=(16, 32)) and isinstance(cfg.inner.dims, tuple)
     assert cfg.weights == {"a": 1.0, "b": 2.5} and cfg.path == Path("runs/x") and cfg.extra == {"any": [1]}
@@ -144,6 +147,7 @@ def test_recipe_policy_section_is_checked_at_load(tmp_path):
     r = load_recipe("quickstart", ["policy.unet.down_dims=[16,32]", "train.lr=3e-4"])
     assert r.policy["unet"]["down_dims"] == [16, 32] and r.train.lr == 3e-4 and r.name == "quickstart"
     assert r.policy["horizon"] == r.data.horizon  # window sizes come from the data section
+    assert load_recipe("quickstart", ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match=r"^override policy\.unet\.down_dims=5: expected a list of integers, got 5$"):
         load_recipe("policies/quickstart.yaml", ["policy.unet.down_dims=5"])
     with pytest.raises(ConfigError, match=r"^override policy\.sampler=ddpn: expected one of 'ddpm', 'ddim'"):

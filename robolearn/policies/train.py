@@ -143,6 +143,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
           progress: bool = True) -> dict[str, Any]:
     """Train ``recipe`` on store ``data`` into run directory ``out``; returns final metrics."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -162,6 +163,10 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
     mp = tr.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
+    # Accelerate keeps its settings in a per-process singleton and refuses a second Accelerator with
+    # another precision; start each run afresh (the process group, if any, is kept), so train() can be
+    # called again in one process (a notebook, a benchmark loop, the tests) with other settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
     set_seed(tr.seed, device_specific=True)  # different data order per process, same init below
     main = acc.is_main_process

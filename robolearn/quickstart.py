@@ -12,23 +12,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import robolearn
 from robolearn.data.inspect import format_info, info
+from robolearn.errors import UserError
 from robolearn.record import RecordConfig, record
 
-RECIPE = Path(robolearn.__file__).resolve().parents[1] / "policies" / "quickstart.yaml"
+# Found by robolearn.resources: ./policies/quickstart.yaml if the current directory has one, else the
+# built-in recipe (the checkout's policies/, or the copy inside an installed wheel).
+RECIPE = "quickstart"
 
 
 def quickstart(out: str | os.PathLike, episodes: int = 100, seed: int = 0, task: str = "lift",
                train_steps: int | None = None, eval_episodes: int = 50, recipe: str | os.PathLike = RECIPE,
                overrides: list[str] | None = None) -> dict:
     from robolearn.policies.train import load_recipe, train
+    from robolearn.sim import load_task
     from robolearn.sim.evaluate import evaluate, write_report
 
-    load_recipe(recipe, overrides or [])  # a bad override fails now, not after recording
+    # A bad task, recipe or override fails now, not after recording.
+    overrides = [*(overrides or []), *([f"train.steps={train_steps}"] if train_steps else [])]
+    load_task(task)
+    load_recipe(recipe, overrides)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; choose a new --out for the quickstart")
+        raise UserError(f"{out} is not empty; choose a new --out for the quickstart")
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     store = out / "demos.zarr"
@@ -42,7 +48,7 @@ def quickstart(out: str | os.PathLike, episodes: int = 100, seed: int = 0, task:
     print(format_info(info(store)))
 
     t0 = time.perf_counter()
-    rec = load_recipe(recipe, [*(overrides or []), *([f"train.steps={train_steps}"] if train_steps else [])])
+    rec = load_recipe(recipe, overrides)
     print(f"[2/3] training {rec.policy['type']} ({rec.train.steps} steps) into {out / 'run'}", flush=True)
     result = train(rec, store, out / "run")
     timings["train_s"] = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from torch import nn
 
 from robolearn.data.dataset import WindowDataset
 from robolearn.data.normalizer import KeyStats, Normalizer
+from robolearn.errors import ConfigError
 from robolearn.policies import (
     EMA,
     EMAConfig,
@@ -434,9 +435,9 @@ def test_unet_pads_horizons_that_do_not_halve_evenly_and_ema_can_be_off(tmp_path
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="unknown config field"):
+    with pytest.raises(ConfigError, match="unknown key 'num_steps'"):
         make_policy({"type": "flow", "num_steps": 3}, LOWDIM_META)
-    with pytest.raises(ValueError, match=r"encoder\.crop"):
+    with pytest.raises(ConfigError, match=r"^encoder: unknown key 'crop' \(did you mean 'crop_ratio'\?\)"):
         make_policy({"type": "flow", "encoder": {"crop": 0.9}}, LOWDIM_META)
     with pytest.raises(ValueError, match="unknown policy type"):
         make_policy({"type": "vae"}, LOWDIM_META)

@@ -71,16 +71,17 @@ def test_unknown_task_lists_available():
     [
         (
             "name: t\nenv_name: Lift\ninstruction: x\nhorizon: 10\ncolour: red\n",
-            r"bad\.yaml.*unknown field.*'colour'",
+            r"bad\.yaml: unknown key 'colour'; allowed: name, env_name",
         ),
-        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: ten\n", r"bad\.yaml.*'horizon' must be int"),
-        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: true\n", r"bad\.yaml.*'horizon' must be int"),
+        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: ten\n", r"bad\.yaml: horizon: expected an integer"),
+        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: true\n", r"bad\.yaml: horizon: expected an integer"),
         (
             "name: t\nenv_name: Lift\ninstruction: x\nhorizon: 10\ncameras: agentview\n",
-            r"bad\.yaml.*'cameras'",
+            r"bad\.yaml: cameras: expected a list of strings, got 'agentview'",
         ),
-        ("name: t\nenv_name: Lift\nhorizon: 10\n", r"bad\.yaml.*missing.*'instruction'"),
-        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: -5\n", r"bad\.yaml.*positive"),
+        ("name: t\nenv_name: Lift\nhorizon: 10\n", r"bad\.yaml: missing required key 'instruction'"),
+        ("name: t\nenv_name: Lift\ninstruction: x\nhorizon: -5\n", r"bad\.yaml: horizon: must be >= 1, got -5"),
+        ("name: t\nenv_name: Lift\ninstruction: ' '\nhorizon: 5\n", r"bad\.yaml: instruction: must not be empty"),
         ("name: [t\n", r"bad\.yaml.*invalid YAML"),
         ("- a\n- b\n", r"bad\.yaml.*mapping"),
     ],

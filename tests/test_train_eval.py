@@ -77,7 +77,7 @@ def test_distributed_two_process_cpu_run(store, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["train", "--recipe", "nope.yaml", "--data", "x", "--out", "y"], "recipe not found"),
     (["train", "--recipe", "policies/diffusion_lowdim.yaml", "--data", "x", "--out", "y", "train.stepz=3"],
-     "unknown field"),
+     "unknown key 'stepz'"),
     (["train", "--recipe", "policies/diffusion_lowdim.yaml", "--data", "x", "--out", "y", "train.steps=many"],
      "expected an integer"),
     (["train", "--recipe", "policies/diffusion_lowdim.yaml", "--data", "missing.zarr", "--out", "y"], "no store at"),

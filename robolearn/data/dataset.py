@@ -28,6 +28,7 @@ from robolearn.data.normalizer import Normalizer, store_stats
 from robolearn.data.sampler import WindowSampler, split_episodes
 from robolearn.data.schema import CONTROL_STREAM, SchemaError
 from robolearn.data.store import DemoStore
+from robolearn.errors import UserError
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -49,11 +50,11 @@ class WindowDataset(torch.utils.data.Dataset):
         self.store = store if isinstance(store, DemoStore) else DemoStore.open(store)
         self.path = Path(self.store.path)
         if n_obs_steps > horizon:
-            raise ValueError(f"n_obs_steps ({n_obs_steps}) cannot exceed horizon ({horizon})")
+            raise UserError(f"n_obs_steps ({n_obs_steps}) cannot exceed horizon ({horizon})")
         if n_action_steps < 1 or n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(f"need n_obs_steps - 1 + n_action_steps <= horizon, got {n_obs_steps}, {n_action_steps}, {horizon}")
+            raise UserError(f"need n_obs_steps - 1 + n_action_steps <= horizon, got {n_obs_steps}, {n_action_steps}, {horizon}")
         if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be train, val or all, got {split!r}")
+            raise UserError(f"split must be train, val or all, got {split!r}")
         keys = self.store.keys
         for k in (*obs_keys, action_key):
             if k not in keys:

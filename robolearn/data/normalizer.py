@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from robolearn.errors import UserError
+
 MODES = ("minmax", "gaussian", "quantile", "identity")
 _EPS = 1e-6
 
@@ -62,7 +64,7 @@ class Normalizer:
         for k, st in self.stats.items():
             mode = self.modes[k]
             if mode not in MODES:
-                raise ValueError(f"unknown normalisation mode {mode!r} for {k!r}; use one of {', '.join(MODES)}")
+                raise UserError(f"unknown normalisation mode {mode!r} for {k!r}; use one of {', '.join(MODES)}")
             if mode in ("minmax", "quantile"):
                 lo, hi = (st.min, st.max) if mode == "minmax" else (st.q01, st.q99)
                 half = (hi - lo) / 2

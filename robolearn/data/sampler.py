@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from robolearn.errors import UserError
+
 
 def split_episodes(n_episodes: int, val_ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Boolean train/validation masks over episodes; never splits an episode's windows."""
     if not 0.0 <= val_ratio < 1.0:
-        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+        raise UserError(f"val_ratio must be in [0, 1), got {val_ratio}")
     val = np.zeros(n_episodes, dtype=bool)
     n_val = int(round(n_episodes * val_ratio))
     if val_ratio > 0 and n_episodes > 1:

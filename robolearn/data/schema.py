@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from robolearn.errors import UserError
+
 SCHEMA_VERSION = 1
 FORMAT_NAME = "robolearn.demo"
 
@@ -23,7 +25,7 @@ KINDS = ("lowdim", "rgb", "depth")
 SOURCES = ("expert", "teleop", "policy", "rl")
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """Any problem with a store the user can act on; the message says what and where."""
 
 

@@ -11,46 +11,48 @@ MeanFlow differentiates the network with ``torch.func.jvp``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robolearn.config import check_config
+from robolearn.errors import ConfigError
 
 BACKBONES = ("unet", "transformer")
 
 
 @dataclass
 class UNetConfig:
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    kernel_size: int = 5
-    n_groups: int = 8
-    time_embed_dim: int = 128
+    down_dims: tuple[int, ...] = field(default=(256, 512, 1024), metadata={"nonempty": True, "min": 1})
+    kernel_size: int = field(default=5, metadata={"min": 1})
+    n_groups: int = field(default=8, metadata={"min": 1})
+    time_embed_dim: int = field(default=128, metadata={"min": 2})
 
     def validate(self) -> None:
-        if not self.down_dims:
-            raise ValueError("unet.down_dims must not be empty")
-        for d in self.down_dims:
-            if d % self.n_groups:
-                raise ValueError(f"unet.down_dims {self.down_dims} must be divisible by unet.n_groups {self.n_groups}")
+        if any(d % self.n_groups for d in self.down_dims):
+            raise ConfigError(f"{list(self.down_dims)} must be divisible by n_groups ({self.n_groups})", key="down_dims")
         if self.kernel_size % 2 == 0:
-            raise ValueError("unet.kernel_size must be odd so the sequence length is kept")
+            raise ConfigError(f"must be odd so the sequence length is kept, got {self.kernel_size}", key="kernel_size")
+        if self.time_embed_dim % 2:
+            raise ConfigError(f"must be even, got {self.time_embed_dim}", key="time_embed_dim")
 
 
 @dataclass
 class TransformerConfig:
-    d_model: int = 256
-    n_layers: int = 8
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    time_embed_dim: int = 128
+    d_model: int = field(default=256, metadata={"min": 1})
+    n_layers: int = field(default=8, metadata={"min": 1})
+    n_heads: int = field(default=4, metadata={"min": 1})
+    mlp_ratio: float = field(default=4.0, metadata={"gt": 0})
+    dropout: float = field(default=0.1, metadata={"min": 0.0, "lt": 1.0})
+    time_embed_dim: int = field(default=128, metadata={"min": 2})
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"transformer.d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("transformer.dropout must be in [0, 1)")
+            raise ConfigError(f"{self.d_model} must be divisible by n_heads ({self.n_heads})", key="d_model")
+        if self.time_embed_dim % 2:
+            raise ConfigError(f"must be even, got {self.time_embed_dim}", key="time_embed_dim")
 
 
 class TimeEmbedding(nn.Module):
@@ -104,7 +106,7 @@ class ConditionalUnet1D(nn.Module):
 
     def __init__(self, action_dim: int, cond_dim: int, n_times: int, config: UNetConfig) -> None:
         super().__init__()
-        config.validate()
+        check_config(config, "unet")
         k, g, dims = config.kernel_size, config.n_groups, list(config.down_dims)
         self.time_embed = TimeEmbedding(n_times, config.time_embed_dim)
         c = config.time_embed_dim + cond_dim
@@ -201,7 +203,7 @@ class TransformerDenoiser(nn.Module):
     def __init__(self, action_dim: int, cond_dim: int, n_cond_tokens: int, n_times: int, horizon: int,
                  config: TransformerConfig) -> None:
         super().__init__()
-        config.validate()
+        check_config(config, "transformer")
         if cond_dim % n_cond_tokens:
             raise ValueError(f"cond_dim {cond_dim} is not a multiple of the {n_cond_tokens} observation tokens")
         d = config.d_model

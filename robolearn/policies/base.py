@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robolearn.config import check_config, load_config, yaml11_float  # noqa: F401 - yaml11_float re-exported
 from robolearn.data.normalizer import Normalizer
+from robolearn.errors import ConfigError, UserError
 from robolearn.policies.backbones import BACKBONES, TransformerConfig, UNetConfig, make_backbone
 from robolearn.policies.ema import EMA, EMAConfig
 from robolearn.policies.encoders import EncoderConfig, ObsEncoder, module_name
@@ -36,30 +37,25 @@ class PolicyConfig:
 
     type: str = ""
     # None: taken from shape_meta (i.e. from the dataset the policy is built for).
-    n_obs_steps: int | None = None
-    horizon: int | None = None
+    n_obs_steps: int | None = field(default=None, metadata={"min": 1})
+    horizon: int | None = field(default=None, metadata={"min": 1})
     # None: horizon // 2, capped so the executed actions stay inside the chunk.
-    n_action_steps: int | None = None
-    backbone: str = "unet"
+    n_action_steps: int | None = field(default=None, metadata={"min": 1})
+    backbone: str = field(default="unet", metadata={"choices": BACKBONES})
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
 
     def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
-        if self.n_obs_steps is None or self.horizon is None or self.n_action_steps is None:
-            raise ValueError("n_obs_steps, horizon and n_action_steps must be resolved before validation")
-        if self.n_obs_steps < 1 or self.n_obs_steps > self.horizon:
-            raise ValueError(f"need 1 <= n_obs_steps <= horizon, got {self.n_obs_steps}, {self.horizon}")
-        if self.n_action_steps < 1 or self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
-            raise ValueError(f"need n_obs_steps - 1 + n_action_steps <= horizon, got "
-                             f"{self.n_obs_steps}, {self.n_action_steps}, {self.horizon}")
-        self.encoder.validate()
-        self.unet.validate()
-        self.transformer.validate()
-        self.ema.validate()
+        # Field types and ranges are the loader's (robolearn.config); here only how fields relate.
+        # Window sizes left None come from the data (resolve_config), which checks them again.
+        n, h, a = self.n_obs_steps, self.horizon, self.n_action_steps
+        if n is not None and h is not None and n > h:
+            raise ConfigError(f"must be <= horizon ({h}), got {n}", key="n_obs_steps")
+        if n is not None and h is not None and a is not None and n - 1 + a > h:
+            raise ConfigError(f"n_obs_steps - 1 + n_action_steps must be <= horizon, got {n} - 1 + {a} > {h}",
+                              key="n_action_steps")
 
 
 # ---------------------------------------------------------------- config <-> dict
@@ -70,39 +66,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-_SCI_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def yaml11_float(v: Any) -> Any:
-    """YAML 1.1 reads ``3e-4`` (no dot) as a string; for a float field everyone means the number."""
-    return float(v) if isinstance(v, str) and _SCI_FLOAT.match(v) else v
-
-
-def config_from_dict(cls: type, d: Mapping[str, Any], _path: str = "") -> Any:
-    """Build dataclass ``cls`` from a (nested) dict; unknown fields are an error, missing ones default."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(_path + u for u in unknown)} for {cls.__name__}; "
-                         f"known: {', '.join(fields)}")
-    defaults = cls()
-    kwargs: dict[str, Any] = {}
-    for name, value in d.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
-            if dataclasses.is_dataclass(value):
-                kwargs[name] = value
-            elif isinstance(value, Mapping):
-                kwargs[name] = config_from_dict(type(default), value, f"{_path}{name}.")
-            else:
-                raise ValueError(f"config field {_path}{name} must be a mapping, got {value!r}")
-        elif isinstance(default, float):
-            kwargs[name] = yaml11_float(value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+def config_from_dict(cls: type, d: Mapping[str, Any], where: str = "", prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a (nested) dict with the typed loader of
+    :mod:`robolearn.config`: unknown keys, wrong types and out-of-range values raise ``ConfigError``
+    naming ``where`` and the dotted key under ``prefix``; missing fields default."""
+    return load_config(cls, d, where, prefix=prefix)
 
 
 def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,14 +189,14 @@ def resolve_config(config: PolicyConfig, shape_meta: ShapeMeta) -> PolicyConfig:
     for name in ("n_obs_steps", "horizon"):
         mine, theirs = getattr(config, name), getattr(shape_meta, name)
         if mine is None and theirs is None:
-            raise ValueError(f"{name} is set neither in the config nor in shape_meta")
+            raise UserError(f"{name} is set neither in the config nor in shape_meta")
         if mine is not None and theirs is not None and mine != theirs:
-            raise ValueError(f"config {name}={mine} disagrees with the data's {name}={theirs}")
+            raise UserError(f"config {name}={mine} disagrees with the data's {name}={theirs}")
         updates[name] = mine if mine is not None else theirs
     if config.n_action_steps is None:
         updates["n_action_steps"] = max(1, min(updates["horizon"] // 2, updates["horizon"] - updates["n_obs_steps"] + 1))
     resolved = dataclasses.replace(copy.deepcopy(config), **updates)  # no sharing with the caller's object
-    resolved.validate()
+    check_config(resolved)
     return resolved
 
 

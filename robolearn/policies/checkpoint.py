@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robolearn.data.normalizer import Normalizer
+from robolearn.errors import MissingFileError, UserError
 from robolearn.policies.base import Policy, config_diff, config_from_dict, config_to_dict, flatten_dict
 from robolearn.policies.factory import make_policy, policy_class
 from robolearn.policies.shapes import ShapeMeta
@@ -88,12 +89,16 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     root = Path(path)
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{root} is not a policy checkpoint: no config.json")
-    meta = json.loads(cfg_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+        raise MissingFileError(f"{root} is not a policy checkpoint: no config.json")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path} is not a {FORMAT} checkpoint: invalid JSON ({e})") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != FORMAT:
+        raise UserError(f"{cfg_path} is not a {FORMAT} checkpoint (format {fmt!r})")
     if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(f"{root} was written by a newer robolearn (format version {meta['version']} > {VERSION})")
+        raise UserError(f"{root} was written by a newer robolearn (format version {meta['version']} > {VERSION})")
     extra = root / "extra.json"
     meta["extra"] = json.loads(extra.read_text()) if extra.is_file() else None
     return meta
@@ -123,7 +128,7 @@ def _tensor_problems(what: str, saved: Mapping[str, torch.Tensor], expected: Map
 def load_state_into(policy: Policy, path: str | os.PathLike, *, ignore_fields: Iterable[str] = ()) -> Policy:
     """Load a checkpoint into an existing policy, refusing any mismatch.
 
-    Raises ``ValueError`` naming every difference: policy type, config fields (dotted names, except
+    Raises :class:`~robolearn.errors.UserError` (a ``ValueError``) naming every difference: policy type, config fields (dotted names, except
     ``ignore_fields``), observation/action shapes, and missing, unexpected or mis-shaped tensors."""
     root = Path(path)
     meta = read_checkpoint_meta(root)
@@ -153,7 +158,7 @@ def load_state_into(policy: Policy, path: str | os.PathLike, *, ignore_fields: I
     if problems and overridden:
         problems.append(f"config fields overridden at load: {', '.join(sorted(overridden))}")
     if problems:
-        raise ValueError(f"checkpoint {root} does not match the {policy.policy_type} policy:\n  - "
+        raise UserError(f"checkpoint {root} does not match the {policy.policy_type} policy:\n  - "
                          + "\n  - ".join(problems))
     policy.load_state_dict(state, strict=True)
     if policy.ema is not None and ema_state is not None:
@@ -176,7 +181,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
     if overrides:
         cfg_dict = _merge(cfg_dict, overrides)
         ignore = list(flatten_dict(overrides))
-    cfg = config_from_dict(cls.config_class, cfg_dict)
+    cfg = config_from_dict(cls.config_class, cfg_dict, where=str(Path(path) / "config.json"))
     policy = make_policy(cfg, ShapeMeta.from_json(meta["shape_meta"]))
     load_state_into(policy, path, ignore_fields=ignore)
     return policy.to(device).eval()

@@ -7,7 +7,7 @@ noise; ``ddpm`` also draws noise at each step (from ``generator`` when given).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robolearn.data.normalizer import Normalizer
+from robolearn.errors import ConfigError
 from robolearn.policies.backbones import (  # noqa: F401 - re-exported: the denoisers live here too
     ConditionalUnet1D,
     TransformerDenoiser,
@@ -23,30 +24,27 @@ from robolearn.policies.base import Policy, PolicyConfig, PolicyNet
 
 SAMPLERS = ("ddpm", "ddim")
 PREDICTION_TYPES = ("epsilon", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 @dataclass
 class DiffusionConfig(PolicyConfig):
     type: str = "diffusion"
-    num_train_timesteps: int = 100
-    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = field(default=100, metadata={"min": 1})
+    beta_schedule: str = field(default="squaredcos_cap_v2", metadata={"choices": BETA_SCHEDULES})
     # What the denoiser predicts: the added noise ("epsilon") or the clean action chunk ("sample").
-    prediction_type: str = "epsilon"
+    prediction_type: str = field(default="epsilon", metadata={"choices": PREDICTION_TYPES})
     # Clip the predicted clean chunk to +-clip_sample_range: normalised actions live in [-1, 1].
     clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    sampler: str = "ddim"
-    num_inference_steps: int = 16
+    clip_sample_range: float = field(default=1.0, metadata={"gt": 0.0})
+    sampler: str = field(default="ddim", metadata={"choices": SAMPLERS})
+    num_inference_steps: int = field(default=16, metadata={"min": 1})
 
     def validate(self) -> None:
         super().validate()
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {self.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
-        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"need 1 <= num_inference_steps <= num_train_timesteps ({self.num_train_timesteps}), "
-                             f"got {self.num_inference_steps}")
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ConfigError(f"must be <= num_train_timesteps ({self.num_train_timesteps}), "
+                              f"got {self.num_inference_steps}", key="num_inference_steps")
 
 
 def _schedulers(cfg: DiffusionConfig) -> tuple[Any, Any]:

@@ -9,29 +9,28 @@ for thousands of steps), and later it averages over a long window.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from robolearn.config import check_config
+from robolearn.errors import ConfigError
 
 
 @dataclass
 class EMAConfig:
     enabled: bool = True
-    power: float = 0.75
-    inv_gamma: float = 1.0
-    min_decay: float = 0.0
-    max_decay: float = 0.9999
+    power: float = field(default=0.75, metadata={"gt": 0})
+    inv_gamma: float = field(default=1.0, metadata={"gt": 0})
+    min_decay: float = field(default=0.0, metadata={"min": 0.0, "lt": 1.0})
+    max_decay: float = field(default=0.9999, metadata={"min": 0.0, "lt": 1.0})
     # Updates before this many steps copy the weights instead of averaging.
-    update_after_step: int = 0
+    update_after_step: int = field(default=0, metadata={"min": 0})
 
     def validate(self) -> None:
-        if not 0.0 <= self.min_decay <= self.max_decay < 1.0:
-            raise ValueError(f"need 0 <= ema.min_decay <= ema.max_decay < 1, got {self.min_decay}, {self.max_decay}")
-        if self.power <= 0 or self.inv_gamma <= 0:
-            raise ValueError("ema.power and ema.inv_gamma must be positive")
-        if self.update_after_step < 0:
-            raise ValueError("ema.update_after_step must be >= 0")
+        if self.min_decay > self.max_decay:
+            raise ConfigError(f"must be <= max_decay ({self.max_decay}), got {self.min_decay}", key="min_decay")
 
 
 class EMA:
@@ -43,7 +42,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, config: EMAConfig | None = None) -> None:
         self.config = config or EMAConfig()
-        self.config.validate()
+        check_config(self.config, "ema")
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self.step = 0  # number of update() calls so far
 

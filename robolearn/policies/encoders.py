@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from robolearn.config import check_config
+from robolearn.errors import ConfigError, UserError
 from robolearn.policies.shapes import ShapeMeta
 
 _CAMERA_SUFFIX = re.compile(r"[_/.](image|images|rgb|color|depth)$")
@@ -25,28 +27,20 @@ _CAMERA_SUFFIX = re.compile(r"[_/.](image|images|rgb|color|depth)$")
 @dataclass
 class EncoderConfig:
     # Low-dim keys (normalised, concatenated per step) go through Linear+Mish layers of these widths.
-    lowdim_hidden_dims: tuple[int, ...] = (256,)
-    lowdim_feature_dim: int = 64
+    lowdim_hidden_dims: tuple[int, ...] = field(default=(256,), metadata={"min": 1})
+    lowdim_feature_dim: int = field(default=64, metadata={"min": 1})
     # Channels of the first ResNet stage; 64 is the standard ResNet-18, smaller is cheaper.
-    resnet_width: int = 64
+    resnet_width: int = field(default=64, metadata={"min": 1})
     # Project each camera's pooled ResNet features to this size; None keeps 8 * resnet_width.
-    image_feature_dim: int | None = None
+    image_feature_dim: int | None = field(default=None, metadata={"min": 1})
     # Side of the crop relative to the image (random in training, centred at inference); 1 = no crop.
-    crop_ratio: float = 0.9
+    crop_ratio: float = field(default=0.9, metadata={"gt": 0.0, "max": 1.0})
     # Depth keys become an extra input channel of the camera they pair with (or their own encoder).
     use_depth: bool = True
     # rgb key -> depth key; None pairs by name (``cam_image`` with ``cam_depth``).
     depth_pairs: dict[str, str] | None = None
     # Depth in metres is clipped to [0, depth_max_m] and scaled to [-1, 1].
-    depth_max_m: float = 2.0
-
-    def validate(self) -> None:
-        if not 0.0 < self.crop_ratio <= 1.0:
-            raise ValueError(f"encoder.crop_ratio must be in (0, 1], got {self.crop_ratio}")
-        if self.resnet_width < 1 or self.lowdim_feature_dim < 1:
-            raise ValueError("encoder.resnet_width and encoder.lowdim_feature_dim must be >= 1")
-        if self.depth_max_m <= 0:
-            raise ValueError("encoder.depth_max_m must be positive")
+    depth_max_m: float = field(default=2.0, metadata={"gt": 0.0})
 
 
 def module_name(key: str) -> str:
@@ -178,8 +172,8 @@ def pair_cameras(shape_meta: ShapeMeta, config: EncoderConfig) -> list[tuple[str
         pairs = dict(config.depth_pairs)
         for r, d in pairs.items():
             if r not in rgb or d not in depth:
-                raise ValueError(f"encoder.depth_pairs maps {r!r} -> {d!r}, but the rgb keys are {rgb} "
-                                 f"and the depth keys are {depth}")
+                raise ConfigError(f"maps {r!r} -> {d!r}, but the rgb keys are {rgb} and the depth keys are {depth}",
+                                  key="encoder.depth_pairs")
     else:
         by_name = {_camera_name(d): d for d in depth}
         pairs = {r: by_name[_camera_name(r)] for r in rgb if _camera_name(r) in by_name}
@@ -187,7 +181,7 @@ def pair_cameras(shape_meta: ShapeMeta, config: EncoderConfig) -> list[tuple[str
     cams += [(None, d) for d in depth if d not in pairs.values()]
     for r, d in cams:
         if r and d and shape_meta.obs[r].shape[1:] != shape_meta.obs[d].shape[1:]:
-            raise ValueError(f"cannot stack depth {d!r} {shape_meta.obs[d].shape[1:]} onto rgb {r!r} "
+            raise UserError(f"cannot stack depth {d!r} {shape_meta.obs[d].shape[1:]} onto rgb {r!r} "
                              f"{shape_meta.obs[r].shape[1:]}: image sizes differ")
     return cams
 
@@ -199,7 +193,7 @@ class ObsEncoder(nn.Module):
 
     def __init__(self, shape_meta: ShapeMeta, config: EncoderConfig, n_obs_steps: int) -> None:
         super().__init__()
-        config.validate()
+        check_config(config, "encoder")
         self.n_obs_steps = n_obs_steps
         self.depth_max_m = float(config.depth_max_m)
         self.lowdim_keys = shape_meta.keys_of("lowdim")
@@ -225,7 +219,7 @@ class ObsEncoder(nn.Module):
             self.cams[module_name(ref)] = enc
             self.per_step_dim += enc.out_dim
         if self.per_step_dim == 0:
-            raise ValueError("no observation key is used by the encoder")
+            raise UserError("no observation key is used by the encoder")
         self.out_dim = self.per_step_dim * n_obs_steps
 
     @property

@@ -15,7 +15,7 @@ exactly one network evaluation.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,20 +38,13 @@ def _sample_times(n: int, how: str, mean: float, std: float, device: torch.devic
 class FlowConfig(PolicyConfig):
     type: str = "flow"
     # Euler steps from noise to data.
-    num_inference_steps: int = 10
+    num_inference_steps: int = field(default=10, metadata={"min": 1})
     # Training time distribution; logit_normal puts more weight on intermediate times.
-    time_sampling: str = "uniform"
+    time_sampling: str = field(default="uniform", metadata={"choices": TIME_SAMPLINGS})
     time_mean: float = 0.0
-    time_std: float = 1.0
+    time_std: float = field(default=1.0, metadata={"gt": 0.0})
     # t in [0, 1] is multiplied by this before the sinusoidal embedding (the range of diffusion steps).
-    time_scale: float = 1000.0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be >= 1")
-        if self.time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; use one of {', '.join(TIME_SAMPLINGS)}")
+    time_scale: float = field(default=1000.0, metadata={"gt": 0.0})
 
 
 class FlowPolicy(Policy):
@@ -87,7 +80,7 @@ class MeanFlowConfig(FlowConfig):
     # 1 = one network evaluation; more steps chain average velocities over shorter intervals.
     num_inference_steps: int = 1
     # Fraction of training pairs with r != t; the rest (r = t) is plain flow matching.
-    ratio_r_neq_t: float = 0.25
+    ratio_r_neq_t: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
     # Distribution of the two times (t = the larger); the paper's logit_normal(-0.4, 1) rarely
     # samples t near 1, the time one-step sampling starts from.
     time_sampling: str = "uniform"
@@ -97,15 +90,8 @@ class MeanFlowConfig(FlowConfig):
     # sinusoids of t make that derivative large and noisy (training was unstable at 100 or 1000).
     time_scale: float = 1.0
     # Adaptive loss weight 1 / (err + eps) ** power (stop-gradient); 0 gives plain MSE.
-    adaptive_weight_power: float = 1.0
-    adaptive_weight_eps: float = 1e-3
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 <= self.ratio_r_neq_t <= 1.0:
-            raise ValueError("ratio_r_neq_t must be in [0, 1]")
-        if self.adaptive_weight_power < 0 or self.adaptive_weight_eps <= 0:
-            raise ValueError("need adaptive_weight_power >= 0 and adaptive_weight_eps > 0")
+    adaptive_weight_power: float = field(default=1.0, metadata={"min": 0.0})
+    adaptive_weight_eps: float = field(default=1e-3, metadata={"gt": 0.0})
 
 
 class MeanFlowPolicy(Policy):

@@ -14,15 +14,14 @@ Run directory: ``recipe.yaml`` (resolved), ``checkpoints/step_XXXXXXX/`` and ``c
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,123 +29,95 @@ import numpy as np
 import torch
 import yaml
 
-from robolearn.config import read_yaml_mapping
-from robolearn.policies.base import yaml11_float
+from robolearn import resources
+from robolearn.config import apply_overrides, config_errors_at, load_config, read_yaml_mapping
+from robolearn.data.normalizer import MODES as NORMALIZATIONS
+from robolearn.errors import ConfigError, UserError
+
+__all__ = ["DataSection", "Recipe", "TrainSection", "apply_overrides", "load_recipe", "recipe_to_dict", "train"]
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 # ----------------------------------------------------------------------------- recipe
 
 
 @dataclass
 class DataSection:
-    obs_keys: list[str]
-    action_key: str = "action"
-    n_obs_steps: int = 2
-    horizon: int = 16
-    n_action_steps: int = 8
-    val_ratio: float = 0.05
-    normalization: str = "minmax"
+    obs_keys: list[str] = field(metadata={"nonempty": True})
+    action_key: str = field(default="action", metadata={"nonempty": True})
+    n_obs_steps: int = field(default=2, metadata={"min": 1})
+    horizon: int = field(default=16, metadata={"min": 1})
+    n_action_steps: int = field(default=8, metadata={"min": 1})
+    val_ratio: float = field(default=0.05, metadata={"min": 0.0, "lt": 1.0})
+    normalization: str = field(default="minmax", metadata={"choices": NORMALIZATIONS})
     in_memory: bool = False
-    frame_cache_mb: int = 1024  # decoded frames kept per loader process (see WindowDataset)
+    # decoded frames kept per loader process (see WindowDataset)
+    frame_cache_mb: int = field(default=1024, metadata={"min": 0})
+
+    def validate(self) -> None:
+        if self.n_obs_steps > self.horizon:
+            raise ConfigError(f"must be <= horizon ({self.horizon}), got {self.n_obs_steps}", key="n_obs_steps")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ConfigError(f"n_obs_steps - 1 + n_action_steps must be <= horizon, got {self.n_obs_steps} - 1 + "
+                              f"{self.n_action_steps} > {self.horizon}", key="n_action_steps")
 
 
 @dataclass
 class TrainSection:
-    steps: int = 10000
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    grad_clip: float = 1.0
-    num_workers: int = 2
-    val_every: int = 1000
-    val_batches: int = 20
-    ckpt_every: int = 5000
-    log_every: int = 50
-    seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    steps: int = field(default=10000, metadata={"min": 1})
+    batch_size: int = field(default=256, metadata={"min": 1})
+    lr: float = field(default=1e-4, metadata={"gt": 0.0})
+    weight_decay: float = field(default=1e-6, metadata={"min": 0.0})
+    warmup_steps: int = field(default=500, metadata={"min": 0})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: no clipping
+    num_workers: int = field(default=2, metadata={"min": 0})
+    val_every: int = field(default=1000, metadata={"min": 1})
+    val_batches: int = field(default=20, metadata={"min": 1})
+    ckpt_every: int = field(default=5000, metadata={"min": 1})
+    log_every: int = field(default=50, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0})
+    # auto: bf16 on CUDA, none on CPU
+    mixed_precision: str = field(default="auto", metadata={"choices": MIXED_PRECISION})
 
 
 @dataclass
 class Recipe:
+    # The policy config as a dict with a `type`; load_recipe checks it against that type's config class.
     policy: dict[str, Any]
     data: DataSection
     train: TrainSection = field(default_factory=TrainSection)
     name: str = ""
 
 
-def _coerce(value: str) -> Any:
-    """`key=value` overrides are YAML scalars: numbers, booleans, lists."""
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. train.steps=1000)")
-        key, value = item.split("=", 1)
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {} if p not in node else node[p]
-                if not isinstance(node[p], dict):
-                    raise ValueError(f"override {key!r}: {p!r} is not a section")
-            node = node[p]
-        node[parts[-1]] = _coerce(value)
-    return raw
-
-
-def _section(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    fields = cls.__dataclass_fields__
-    unknown = set(raw) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
-    out = {}
-    for k, v in raw.items():
-        default = fields[k].default
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise ValueError(f"{where}.{k}: expected true/false, got {v!r}")
-        if isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"{where}.{k}: expected an integer, got {v!r}")
-        if isinstance(default, float):
-            v = yaml11_float(v)
-        if isinstance(default, float) and not isinstance(v, int | float):
-            raise ValueError(f"{where}.{k}: expected a number, got {v!r}")
-        out[k] = v
-    try:
-        return cls(**out)
-    except TypeError as e:
-        raise ValueError(f"{where}: {e}") from None
+_WINDOW_KEYS = ("n_obs_steps", "horizon", "n_action_steps")
 
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
-    """Load, override and validate a training recipe; errors name the file and the field."""
-    p = Path(path)
-    raw = apply_overrides(read_yaml_mapping(p, "recipe", "policy, data and train sections"), overrides)
-    unknown = set(raw) - {"policy", "data", "train", "name"}
-    if unknown:
-        raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}; allowed: policy, data, train, name")
-    if not isinstance(raw.get("policy"), dict) or "type" not in raw["policy"]:
-        raise ValueError(f"{p}: section 'policy' needs a 'type'")
-    if "data" not in raw:
-        raise ValueError(f"{p}: section 'data' (obs_keys, horizon, ...) is missing")
-    recipe = Recipe(policy=raw["policy"], data=_section(DataSection, raw["data"], f"{p}: data"),
-                    train=_section(TrainSection, raw.get("train", {}), f"{p}: train"), name=raw.get("name", p.stem))
-    # Window sizes live in the data section; the policy takes them from there.
-    for k in ("n_obs_steps", "horizon", "n_action_steps"):
-        recipe.policy[k] = getattr(recipe.data, k)
+    """Load a training recipe (a path, or a name such as ``quickstart`` or ``policies/quickstart.yaml``
+    found by :mod:`robolearn.resources`), apply ``key=value`` overrides and check every section, the
+    ``policy`` one against its type's config class: any mistake is a one-line ``ConfigError`` naming
+    the file (or the override) and the key, before any data is read."""
+    from robolearn.policies.factory import make_config
+
+    p = resources.resolve("recipe", path)
+    raw = read_yaml_mapping(p, "recipe", "policy, data and train sections")
+    with config_errors_at(str(p), overrides):
+        recipe = load_config(Recipe, apply_overrides(raw, overrides))
+        # Window sizes live in the data section; the policy takes them from there.
+        policy = dict(recipe.policy)
+        for k in _WINDOW_KEYS:
+            if k in policy and policy[k] != getattr(recipe.data, k):
+                raise ConfigError(f"is taken from data.{k} ({getattr(recipe.data, k)}); set that instead",
+                                  key=f"policy.{k}")
+            policy[k] = getattr(recipe.data, k)
+        recipe.policy = policy
+        make_config(policy, prefix="policy")
+    recipe.name = recipe.name or p.stem
     return recipe
 
 
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:
-    return {"name": r.name, "policy": r.policy, "data": r.data.__dict__, "train": r.train.__dict__}
+    return {"name": r.name, "policy": r.policy, "data": asdict(r.data), "train": asdict(r.train)}
 
 
 # ----------------------------------------------------------------------------- training
@@ -172,6 +143,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
           progress: bool = True) -> dict[str, Any]:
     """Train ``recipe`` on store ``data`` into run directory ``out``; returns final metrics."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -184,13 +156,17 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
     tr, dc = recipe.train, recipe.data
     state_path = out / "trainer_state.pt"
     if out.exists() and any(out.iterdir()) and not resume:
-        raise ValueError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
+        raise UserError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
     if resume and not state_path.is_file():
-        raise ValueError(f"--resume: {out} has no trainer_state.pt to resume from")
+        raise UserError(f"--resume: {out} has no trainer_state.pt to resume from")
 
     mp = tr.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
+    # Accelerate keeps its settings in a per-process singleton and refuses a second Accelerator with
+    # another precision; start each run afresh (the process group, if any, is kept), so train() can be
+    # called again in one process (a notebook, a benchmark loop, the tests) with other settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
     set_seed(tr.seed, device_specific=True)  # different data order per process, same init below
     main = acc.is_main_process
@@ -202,7 +178,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
     train_ds = WindowDataset(data, split="train", **kw)
     val_ds = WindowDataset(data, split="val", **kw) if dc.val_ratio > 0 else None
     if len(train_ds) < tr.batch_size:
-        raise ValueError(f"{data}: {len(train_ds)} training windows, fewer than one batch of {tr.batch_size}")
+        raise UserError(f"{data}: {len(train_ds)} training windows, fewer than one batch of {tr.batch_size}")
     train_loader = make_loader(train_ds, tr.batch_size, shuffle=True, num_workers=tr.num_workers, seed=tr.seed)
     val_loader = (make_loader(val_ds, tr.batch_size, shuffle=True, num_workers=0, seed=tr.seed, drop_last=False)
                   if val_ds is not None and len(val_ds) else None)
@@ -307,6 +283,7 @@ def train(recipe: Recipe, data: str | os.PathLike, out: str | os.PathLike, resum
     sums = acc.gather(checksum).cpu()
     result = {"steps": step, "train_loss": loss_ema, "val_loss": last_val,
               "seconds": time.perf_counter() - t_start, "run": str(out), "processes": acc.num_processes,
+              "mixed_precision": acc.mixed_precision,
               "replicas_in_sync": bool(torch.allclose(sums, sums[0].expand_as(sums), rtol=0, atol=1e-9)),
               "main": main}
     if main:

@@ -97,12 +97,12 @@ class SimEnv(gym.Env):
         if isinstance(cameras, str):
             cameras = [cameras]
         if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise UserError(f"image_size must be positive, got {image_size}")
         self._cameras = tuple(cameras)
         self._image_size = int(image_size)
         self._depth = bool(depth)
         if self._depth and not self._cameras:
-            raise ValueError("depth=True needs at least one camera")
+            raise UserError("depth=True needs at least one camera")
         suite = import_robosuite()
         controller = suite.load_controller_config(default_controller="OSC_POSE")
         kwargs: dict[str, Any] = {"robots": "Panda", "reward_shaping": False, **self._task.env_kwargs}
@@ -145,7 +145,7 @@ class SimEnv(gym.Env):
         missing = [c for c in self._cameras if c not in available]
         if missing:
             self._env.close()
-            raise ValueError(
+            raise UserError(
                 f"unknown camera(s) {missing} for task {self._task.name!r}; available: {', '.join(available)}"
             )
         self._renderer = (

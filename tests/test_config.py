@@ -127,18 +127,18 @@ def test_a_new_task_field_is_picked_up_without_touching_the_loader(tmp_path):
     from robolearn.sim.tasks import TaskConfig
 
     @dataclass(frozen=True)
-    class TaskWithExpert(TaskConfig):
-        expert: str = field(default="scripted", metadata={"choices": ("scripted", "replay")})
+    class TaskWithLighting(TaskConfig):
+        lighting: str = field(default="day", metadata={"choices": ("day", "night")})
 
     path = tmp_path / "t.yaml"
-    path.write_text("name: t\nenv_name: Lift\ninstruction: lift it\nhorizon: 10\nexpert: replay\n")
-    assert load_yaml_config(TaskWithExpert, path, "task file").expert == "replay"
-    path.write_text("name: t\nenv_name: Lift\ninstruction: lift it\nhorizon: 10\nexpert: human\n")
-    with pytest.raises(ConfigError, match=r"t\.yaml: expert: expected one of 'scripted', 'replay', got 'human'"):
-        load_yaml_config(TaskWithExpert, path, "task file")
-    with pytest.raises(ConfigError, match=r"t\.yaml: unknown key 'expert'"):
+    path.write_text("name: t\nenv_name: Lift\ninstruction: lift it\nhorizon: 10\nlighting: night\n")
+    assert load_yaml_config(TaskWithLighting, path, "task file").lighting == "night"
+    path.write_text("name: t\nenv_name: Lift\ninstruction: lift it\nhorizon: 10\nlighting: dusk\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: lighting: expected one of 'day', 'night', got 'dusk'"):
+        load_yaml_config(TaskWithLighting, path, "task file")
+    with pytest.raises(ConfigError, match=r"t\.yaml: unknown key 'lighting'"):
         load_yaml_config(TaskConfig, path, "task file")
-    assert {f.name for f in dataclasses.fields(TaskWithExpert)} > {f.name for f in dataclasses.fields(TaskConfig)}
+    assert {f.name for f in dataclasses.fields(TaskWithLighting)} > {f.name for f in dataclasses.fields(TaskConfig)}
 
 
 def test_recipe_policy_section_is_checked_at_load(tmp_path):

@@ -398,7 +398,9 @@ def test_dataset_to_policy(synth_store):
     ds = WindowDataset(path, ["state", "cam_image", "cam_depth"], "action", n_obs_steps=2, horizon=6,
                        n_action_steps=3, split="all")
     meta = shape_meta_from_dataset(ds)
-    assert meta.obs["cam_image"].shape == (3, 16, 16) and meta.obs["cam_depth"].shape == (1, 16, 16)
+    # The store's features (stored layout); the policy reads them as the loader yields them.
+    assert meta.obs["cam_image"].shape == (16, 16, 3) and meta.obs["cam_depth"].shape == (16, 16)
+    assert meta.obs["cam_image"].tensor_shape == (3, 16, 16) and meta.obs["cam_depth"].tensor_shape == (1, 16, 16)
     assert (meta.action_dim, meta.n_obs_steps, meta.horizon) == (4, 2, 6)
     torch.manual_seed(0)
     policy = make_policy(cfg("diffusion", n_action_steps=3), meta)

@@ -66,15 +66,15 @@ def cameras_of(recipe: Path) -> list[str]:
 
 def store_for(work: Path, task: str, demos: int, cameras: list[str], size: int) -> Path:
     """The demonstration store of a task, recorded with `robolearn record`'s function when missing."""
-    from robolearn.data.record import RecordConfig, check_control_matches, record
     from robolearn.data.store import DemoStore
+    from robolearn.record import RecordConfig, check_control_matches, record
 
     name = f"{task}_{demos}" + (f"_{'-'.join(cameras)}_{size}" if cameras else "")
     path = work / f"{name}.zarr"
     if path.exists():
         store = DemoStore.open(path)
         try:
-            check_control_matches(store, task)  # a store from an older observation layout is not reused
+            check_control_matches(store, f"sim:{task}")  # a store from an older observation layout is not reused
             if store.n_episodes >= demos:
                 return path
         finally:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, write_json  # noqa: E402
 
-from robolearn.data.record import RecordConfig, record  # noqa: E402
+from robolearn.record import RecordConfig, record  # noqa: E402
 
 
 def main() -> None:

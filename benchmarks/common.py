@@ -23,8 +23,8 @@ def machine() -> dict[str, Any]:
 
 def ensure_store(path: Path, episodes: int, cameras: list[str], size: int, task: str = "lift") -> Path:
     """A store of expert demonstrations recorded with robolearn itself, reused when present."""
-    from robolearn.data.record import RecordConfig, record
     from robolearn.data.store import DemoStore
+    from robolearn.record import RecordConfig, record
 
     if path.exists():
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import robolearn
 from robolearn.data.inspect import format_info, info
-from robolearn.data.record import RecordConfig, record
+from robolearn.record import RecordConfig, record
 
 RECIPE = Path(robolearn.__file__).resolve().parents[1] / "policies" / "quickstart.yaml"
 

@@ -55,6 +55,7 @@ class Episode:
     intervention: np.ndarray  # (steps,) bool
     success: bool | None  # None where the rig cannot tell (the operator marks it)
     success_at: int | None  # first tick after which the task was done
+    step_success: np.ndarray | None  # (steps,) the rig's success check after each tick, where it has one
     steps: int
     seed: int | None
     truncated: bool
@@ -91,6 +92,7 @@ def run_episode(
     last_t: dict[str, float] = {}
     actions: list[np.ndarray] = []
     interventions: list[bool] = []
+    step_success: list[bool] = []
     success: bool | None = None
     success_at: int | None = None
     truncated = stopped = False
@@ -109,6 +111,7 @@ def run_episode(
         if on_step is not None:
             on_step(step, obs, action, result)
         if result.success is not None:
+            step_success.append(result.success)
             success = bool(success) or result.success
             if result.success and success_at is None:
                 success_at = step + 1
@@ -126,5 +129,6 @@ def run_episode(
     streams = {s: r.arrays() for s, r in rows.items() if r.t_device}
     streams[CONTROL_STREAM]["action"] = np.stack(actions)
     return Episode(streams=streams, intervention=np.asarray(interventions, bool), success=success,
-                   success_at=success_at, steps=len(actions), seed=getattr(rig, "last_seed", seed),
+                   success_at=success_at, steps=len(actions),
+                   step_success=np.asarray(step_success, bool) if len(step_success) == len(actions) else None, seed=getattr(rig, "last_seed", seed),
                    truncated=truncated, stopped=stopped, info=dict(result.info))

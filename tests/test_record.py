@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from robolearn.data.inspect import verify
-from robolearn.data.record import RecordConfig, record
 from robolearn.data.schema import SchemaError
 from robolearn.data.store import DemoStore
+from robolearn.record import RecordConfig, record
 
 
 def test_record_with_cameras_depth_and_rerendered_images(tmp_path):
@@ -49,7 +49,7 @@ def test_record_with_cameras_depth_and_rerendered_images(tmp_path):
 
 def test_failures_dropped_by_default_and_kept_when_asked(tmp_path):
     task = tmp_path / "lift_short.yaml"
-    task.write_text("name: lift\nenv_name: Lift\ninstruction: lift the red cube\nhorizon: 4\n")
+    task.write_text("name: lift\nenv_name: Lift\ninstruction: lift the red cube\nhorizon: 4\nexpert: lift\n")
     dropped = record(RecordConfig(rig=f"sim:{task}", out=str(tmp_path / "a.zarr"), episodes=1, max_attempts=3))
     assert dropped.attempts == 3 and dropped.committed == 0
     assert DemoStore.open(tmp_path / "a.zarr").n_episodes == 0

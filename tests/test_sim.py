@@ -145,8 +145,8 @@ def test_rot6d_is_sign_free_and_continuous():
 
 
 def test_recorded_object_state_has_no_jumps(tmp_path):
-    from robolearn.data.record import RecordConfig, record
     from robolearn.data.store import DemoStore
+    from robolearn.record import RecordConfig, record
 
     record(RecordConfig(rig="sim:square", out=str(tmp_path / "s.zarr"), episodes=2, workers=1))
     store = DemoStore.open(tmp_path / "s.zarr")

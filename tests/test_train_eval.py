@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from robolearn.data.record import RecordConfig, record
+from robolearn.record import RecordConfig, record
 from robolearn.sim.evaluate import eval_seeds, wilson_interval
 
 TINY = ["policy.unet.down_dims=[16,32]", "policy.encoder.lowdim_hidden_dims=[32]", "train.batch_size=16",

@@ -21,12 +21,12 @@ def _csv(text: str) -> list[str]:
 def cmd_record(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from robolearn.data.record import RecordConfig, record
+    from robolearn.record import RecordConfig, record
 
     cfg = RecordConfig(
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
-        codec=args.codec, workers=args.workers,
+        codec=args.codec, workers=args.workers, task=args.task,
     )
     bars: list = []
 
@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("record", help="record teleoperated (or scripted-expert) demonstrations into a store")
-    r.add_argument("--rig", required=True, help="what to record from: sim:<task> (lift, can, square, stack)")
-    r.add_argument("--teleop", default="expert", help="who drives: expert (scripted, simulation only)")
+    r.add_argument("--rig", required=True,
+                   help="what to record from: sim:<task> (lift, can, square, stack, or a task YAML)")
+    r.add_argument("--teleop", default="expert", help="who drives: expert (the task's scripted expert, simulation)")
+    r.add_argument("--task", default=None, help="task text stored with each episode (default: the rig's task)")
     r.add_argument("--episodes", type=int, default=10, help="successful episodes to record (default 10)")
     r.add_argument("--out", required=True, help="store directory (created or appended to)")
     r.add_argument("--cameras", default="", help="comma-separated cameras, e.g. agentview,robot0_eye_in_hand")

@@ -47,8 +47,9 @@ class SimRig(Rig):
         if len(set(cams)) != len(cams):
             raise UserError(f"cameras list a camera twice: {','.join(cams)}")
         # Deferred cameras are rendered by a second env that never steps (render_state).
-        self.env = make_env(self.task, cameras=() if config.defer_cameras else cams,
-                            image_size=config.image_size, depth=config.depth, seed=config.seed)
+        live = () if config.defer_cameras else cams
+        self.env = make_env(self.task, cameras=live, image_size=config.image_size,
+                            depth=config.depth and bool(live), seed=config.seed)
         self._render_env = None
         if config.defer_cameras and cams:
             self._render_env = make_env(self.task, cameras=cams, image_size=config.image_size, depth=config.depth)
@@ -119,6 +120,9 @@ class SimRig(Rig):
 
     def spec(self) -> str:
         return self.name
+
+    def episode_notes(self) -> dict[str, Any]:
+        return {"task_name": self.task.name}
 
     # ------------------------------------------------------------ lifecycle
     def reset(self, seed: int | None = None) -> Observation:

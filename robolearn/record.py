@@ -1,0 +1,405 @@
+"""The data-collection loop behind `robolearn record`: any rig, any teleoperator, into the store.
+
+A rig (``sim:<task>`` or a rig file) is driven by a teleoperator through the one rollout loop
+(:func:`robolearn.rollout.run_episode`); every attempt worth keeping becomes one episode, written
+through the store's episode writer. Nothing here knows what kind of rig it drives: the simulator's
+fast path (roll out without cameras, render kept attempts from saved states) is the sim rig's
+``deferred_streams`` capability, and parallel attempts its ``supports_parallel_attempts``.
+
+Determinism (simulation): attempt k uses reset seed ``seed + k``, and a run appending to an existing
+store continues after the highest seed it already holds, so a run that was killed and restarted
+produces the same episodes as one that never stopped, for any number of worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, Feature, SchemaError
+from robolearn.data.store import DemoStore
+from robolearn.errors import UserError
+from robolearn.rigs import Rig, make_rig
+from robolearn.rollout import Episode, run_episode
+from robolearn.teleop import Event, Teleoperator, make_teleop
+
+CODECS = ("qoi", "jpeg")
+
+
+@dataclass
+class RecordConfig:
+    rig: str
+    out: str
+    episodes: int = 10
+    teleop: str = "expert"
+    cameras: Sequence[str] = ()
+    image_size: int = 84
+    depth: bool = False
+    seed: int = 0
+    keep_failures: bool = False
+    codec: str = "qoi"
+    # Control ticks kept after the task first succeeds, so policies also learn what "done" looks like.
+    hold_steps: int = 5
+    max_attempts: int | None = None
+    # Processes running attempts (rigs that allow it); 0 picks one per core (at most 4). The writer
+    # is always this process.
+    workers: int = 0
+    task: str | None = None  # task text for rigs that do not know their task (real robots)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise UserError(f"--episodes must be at least 1, got {self.episodes}")
+        if not 8 <= self.image_size <= 1024:
+            raise UserError(f"--image-size must be between 8 and 1024, got {self.image_size}")
+        if self.codec not in CODECS:
+            raise UserError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.hold_steps < 0:
+            raise UserError(f"hold_steps must be >= 0, got {self.hold_steps}")
+        cams = [c.strip() for c in self.cameras if c.strip()]
+        if len(set(cams)) != len(cams):
+            raise UserError(f"--cameras lists a camera twice: {','.join(cams)}")
+        self.cameras = cams
+
+    @property
+    def is_sim(self) -> bool:
+        return self.rig.startswith("sim:")
+
+    def rig_options(self) -> dict[str, Any]:
+        """Settings of a simulated rig: cameras are rendered after the attempt (fast path)."""
+        if not self.is_sim:
+            return {}
+        return {"cameras": tuple(self.cameras), "image_size": self.image_size, "depth": self.depth,
+                "defer_cameras": True, "seed": self.seed}
+
+
+@dataclass
+class RecordSummary:
+    out: str
+    committed: int = 0
+    successes: int = 0
+    failures_kept: int = 0
+    attempts: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    rollout_seconds: float = 0.0
+    render_seconds: float = 0.0
+    write_seconds: float = 0.0
+    interrupted: bool = False
+    episode_indices: list[int] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def check_store_matches(store: DemoStore, cfg: RecordConfig) -> None:
+    """Fail before any work when a sim store was recorded with other cameras or image sizes (real
+    rigs declare their streams from the rig file; the first episode's declaration checks them)."""
+    if not cfg.is_sim:
+        return
+    have = set(store.streams) - {CONTROL_STREAM}
+    if store.n_episodes and have != set(cfg.cameras):
+        raise SchemaError(
+            f"{store.path} holds cameras [{','.join(sorted(have)) or 'none'}], this run records "
+            f"[{','.join(cfg.cameras) or 'none'}]; use the same --cameras or another --out"
+        )
+    for cam in cfg.cameras:
+        spec = store.streams.get(cam, {}).get(f"{cam}_image")
+        if spec is not None and spec.shape[:2] != (cfg.image_size, cfg.image_size):
+            raise SchemaError(
+                f"{store.path} holds {cam} images of {spec.shape[1]}x{spec.shape[0]}, this run records "
+                f"{cfg.image_size}x{cfg.image_size}; use --image-size {spec.shape[0]} or another --out"
+            )
+    for cam in cfg.cameras:
+        keys = store.streams.get(cam)
+        if keys is not None and (f"{cam}_depth" in keys) != cfg.depth:
+            had = "with" if f"{cam}_depth" in keys else "without"
+            raise SchemaError(f"{store.path} was recorded {had} depth; match it with --depth or use another --out")
+
+
+def check_control_matches(store: DemoStore, rig_spec: str) -> None:
+    """Fail when the store's control keys have other shapes than the rig gives (a store recorded by
+    an older robolearn with another observation layout). Builds the rig: for tools that decide whether
+    to reuse a store; `record` itself checks the first episode it writes instead."""
+    if CONTROL_STREAM not in store.streams or not store.n_episodes:
+        return
+    rig = make_rig(rig_spec)
+    try:
+        _check_control_shapes(store, {k: f.shape for k, f in rig.features[CONTROL_STREAM].items()}, rig_spec)
+    finally:
+        rig.close()
+
+
+def _check_control_shapes(store: DemoStore, shapes: dict[str, tuple[int, ...]], rig: str) -> None:
+    have = store.streams[CONTROL_STREAM]
+    for key, shape in shapes.items():
+        if key in have and tuple(have[key].shape) != tuple(shape):
+            raise SchemaError(
+                f"{store.path} holds {key!r} of shape {list(have[key].shape)}, rig {rig!r} now gives "
+                f"{list(shape)}: the store was recorded with another observation layout; "
+                f"record into another --out"
+            )
+
+
+def _next_seed(store: DemoStore, seed: int) -> int:
+    seeds = [e.seed for e in store.episodes() if e.seed is not None]
+    return max(seed, max(seeds) + 1) if seeds else seed
+
+
+# ----------------------------------------------------------------------------- attempts
+
+
+@dataclass
+class Attempt:
+    """One finished attempt, as it crosses from a worker process to the writer."""
+
+    episode: Episode
+    deferred: dict[str, dict[str, np.ndarray]]  # streams the rig produced after the episode
+    features: dict[str, dict[str, Feature]]  # every stream's features, deferred ones included
+    action: Feature
+    notes: dict[str, Any]  # the rig's per-episode facts (dropped frames, ...)
+    rig_name: str
+    task_text: str
+    fps: float
+    keep: bool
+    success: bool
+    rollout_s: float
+    render_s: float
+
+
+class _Operator:
+    """Turns a teleoperator's events into episode decisions (keep/discard, success marks, quit)."""
+
+    def __init__(self, teleop: Teleoperator) -> None:
+        self.teleop = teleop
+        self.mark: bool | None = None  # success marked by the operator
+        self.discard = False
+        self.quit = False
+
+    def reset(self) -> None:
+        self.mark, self.discard = None, False
+
+    def stop(self, step: int, result: object) -> bool:
+        del step, result
+        for ev in self.teleop.events():
+            if ev in (Event.SUCCESS, Event.FAILURE):
+                self.mark = ev is Event.SUCCESS
+            elif ev is Event.DISCARD:
+                self.discard = True
+            elif ev is Event.QUIT:
+                self.quit = self.discard = True
+            if ev in (Event.KEEP, Event.SUCCESS, Event.FAILURE, Event.DISCARD, Event.QUIT):
+                return True
+        return False
+
+
+class _Collector:
+    """A rig and its teleoperator, running attempts (in this process or a worker)."""
+
+    def __init__(self, cfg: RecordConfig) -> None:
+        self.cfg = cfg
+        self.rig: Rig = make_rig(cfg.rig, **cfg.rig_options())
+        try:
+            self.rig.connect()
+            self.teleop = make_teleop(cfg.teleop)
+            self.teleop.connect(self.rig)
+        except BaseException:
+            self.rig.close()
+            raise
+        self.operator = _Operator(self.teleop)
+
+    def attempt(self, seed: int | None) -> Attempt:
+        t0 = time.perf_counter()
+        self.operator.reset()
+        ep = run_episode(self.rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop)
+        t1 = time.perf_counter()
+        success = bool(ep.success) if self.operator.mark is None else self.operator.mark
+        keep = not self.operator.discard and (success or self.cfg.keep_failures)
+        deferred = self.rig.fill_deferred(ep.control) if keep else {}
+        features = {**self.rig.features, **self.rig.deferred_streams}
+        rig = self.rig
+        return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.name, rig.task_text,
+                       rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1)
+
+    def close(self) -> None:
+        try:
+            self.teleop.disconnect()
+        finally:
+            self.rig.close()
+
+
+_COLLECTOR: _Collector | None = None
+
+
+def _init_worker(cfg: RecordConfig, parent_pid: int) -> None:
+    global _COLLECTOR
+    # Ctrl-C is the parent's to handle; and a worker must not outlive a parent killed with SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    # A parent that died while this process was still starting up sends no death signal: leave now,
+    # before spending seconds building environments for nobody.
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    _COLLECTOR = _Collector(cfg)
+
+
+def _worker_attempt(seed: int) -> Attempt:
+    assert _COLLECTOR is not None
+    return _COLLECTOR.attempt(seed)
+
+
+def _attempts(cfg: RecordConfig, first_seed: int | None, workers: int) -> Iterator[tuple[int | None, Attempt]]:
+    """(seed, attempt) in seed order, computed by ``workers`` processes a few seeds ahead; the caller
+    stops iterating when it has enough. Rigs without seeds (real robots) run in this process."""
+    if workers <= 1:
+        collector = _Collector(cfg)
+        try:
+            seed = first_seed
+            while True:
+                yield seed, collector.attempt(seed)
+                if collector.operator.quit:
+                    return
+                seed = None if seed is None else seed + 1
+        finally:
+            collector.close()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    assert first_seed is not None
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(cfg, os.getpid()))
+    pending: deque = deque()
+    next_seed = first_seed
+    try:
+        while True:
+            while len(pending) < 2 * workers:  # a bounded look-ahead keeps memory flat
+                pending.append((next_seed, pool.submit(_worker_attempt, next_seed)))
+                next_seed += 1
+            seed, fut = pending.popleft()
+            yield seed, fut.result()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- the recording
+
+
+def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None = None) -> RecordSummary:
+    """Record ``cfg.episodes`` successful episodes (plus kept failures) into ``cfg.out``.
+
+    Attempts run in ``cfg.workers`` processes where the rig allows it; only this process writes, in
+    seed order, so the store is the same whatever the number of workers."""
+    if cfg.is_sim:
+        from robolearn.sim.tasks import load_task
+
+        load_task(cfg.rig.split(":", 1)[1])  # an unknown task fails now, before any process starts
+    store = DemoStore.open(cfg.out, mode="a")
+    try:
+        check_store_matches(store, cfg)
+    except Exception:
+        store.close()
+        raise
+    summary = RecordSummary(out=str(cfg.out))
+    max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
+    workers = cfg.workers or min(os.cpu_count() or 1, 4)
+    workers = max(1, min(workers, max_attempts)) if cfg.is_sim else 1
+    t_start = time.perf_counter()
+
+    # SIGTERM (e.g. from a supervisor) ends the run like Ctrl-C: the episode in flight is dropped,
+    # everything committed stays.
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    first_seed = _next_seed(store, cfg.seed) if cfg.is_sim else None
+    attempts = _attempts(cfg, first_seed, workers)
+    try:
+        for seed, att in attempts:
+            summary.attempts += 1
+            summary.rollout_seconds += att.rollout_s
+            summary.render_seconds += att.render_s
+            summary.steps += att.episode.steps
+            if att.keep:
+                t0 = time.perf_counter()
+                summary.episode_indices.append(_write_episode(store, att, seed, cfg))
+                summary.write_seconds += time.perf_counter() - t0
+                summary.committed += 1
+                if att.success:
+                    summary.successes += 1
+                else:
+                    summary.failures_kept += 1
+            if progress:
+                progress(summary)
+            if summary.successes >= cfg.episodes or summary.attempts >= max_attempts:
+                break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        attempts.close()
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
+        summary.seconds = time.perf_counter() - t_start
+        store.close()
+    return summary
+
+
+def _declare(store: DemoStore, att: Attempt, codec: str) -> None:
+    control = dict(att.features[CONTROL_STREAM])
+    if CONTROL_STREAM in store.streams:
+        # Checked on the episode itself: building a rig up front would slow every resumed run.
+        _check_control_shapes(store, {k: f.shape for k, f in control.items()}, store.path.name)
+    control["action"] = att.action
+    store.declare_stream(CONTROL_STREAM, control)
+    for stream, keys in att.features.items():
+        if stream != CONTROL_STREAM:
+            store.declare_stream(stream, {k: Feature(f.shape, f.dtype, f.kind, f.depth_scale,
+                                                     codec if f.kind == "rgb" else f.codec)
+                                          for k, f in keys.items()})
+
+
+def _write_episode(store: DemoStore, att: Attempt, seed: int | None, cfg: RecordConfig) -> int:
+    _declare(store, att, cfg.codec)
+    ep = att.episode
+    control = ep.control
+    notes = dict(att.notes)
+    dropped = {k: int(v) for k, v in notes.pop("dropped_frames", {}).items()}
+    info = EpisodeInfo(
+        task=cfg.task or att.task_text, success=att.success, source="expert" if cfg.teleop == "expert" else "teleop",
+        rig=cfg.rig, fps=float(att.fps), seed=seed, dropped_frames=dropped, started_at=notes.pop("started_at", None),
+        notes={**notes, "teleop": cfg.teleop, **({"image_size": cfg.image_size} if cfg.cameras else {})},
+    )
+    with store.begin_episode() as w:
+        w.extend(CONTROL_STREAM, control["t_device"], control["t_host"],
+                 **{k: control[k] for k in store.streams[CONTROL_STREAM]})
+        for stream in store.streams:
+            if stream == CONTROL_STREAM:
+                continue
+            if stream in att.deferred:  # rendered from the control ticks' states: the control clock
+                w.extend(stream, control["t_device"], control["t_host"], **att.deferred[stream])
+            else:
+                rows = ep.streams[stream]
+                w.extend(stream, rows["t_device"], rows["t_host"], **{k: rows[k] for k in store.streams[stream]})
+        if ep.intervention.any():
+            w.set_column("intervention", ep.intervention.astype(np.float32), provenance={"source": cfg.teleop})
+        if ep.step_success is not None:  # the rig's own success check after each tick
+            w.set_column("reward", ep.step_success.astype(np.float32),
+                         provenance={"source": "sim" if cfg.is_sim else "rig", "rig": cfg.rig})
+        return w.commit(info)

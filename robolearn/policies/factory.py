@@ -6,10 +6,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from robolearn.features import Feature
 from robolearn.policies.base import Policy, PolicyConfig, config_from_dict
 from robolearn.policies.diffusion import DiffusionPolicy
 from robolearn.policies.flow import FlowPolicy, MeanFlowPolicy
-from robolearn.features import Feature
 from robolearn.policies.shapes import ShapeMeta, policy_feature
 
 POLICY_TYPES: dict[str, type[Policy]] = {

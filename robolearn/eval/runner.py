@@ -182,7 +182,8 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
         if spec.video_dir:
             video_rig = make_rig(f"sim:{spec.task}", cameras=[VIDEO_CAMERA], image_size=VIDEO_SIZE)
         agent = PolicyAgent(policy, policy_features(policy, rigs[0]), spec.n_envs)
-        msg_q.put(("ready", wid, None))
+        msg_q.put(("ready", wid, {"inference_steps": getattr(policy.config, "num_inference_steps", None),
+                                  "policy_type": policy.policy_type}))
         video_seeds: set[int] = set()
 
         def seeds() -> Iterator[int]:
@@ -233,14 +234,17 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
 # ---------------------------------------------------------------- the supervising parent
 
 
-def _supervise(procs: list[Any], msg_q: Any, timeout: float, startup_timeout: float) -> dict[int, EpisodeResult]:
-    """Collect results until every worker exits; raise EvalFailed on an error, a death or a hang."""
+def _supervise(procs: list[Any], msg_q: Any, timeout: float,
+               startup_timeout: float) -> tuple[dict[int, EpisodeResult], dict[str, Any]]:
+    """Results by seed, and what the workers reported of their policy, once every worker has exited;
+    raises EvalFailed on an error, a death or a hang."""
     n = len(procs)
     running: dict[int, set[int]] = {w: set() for w in range(n)}
     last = dict.fromkeys(range(n), time.monotonic())
     ready: set[int] = set()
     finished: set[int] = set()
     results: dict[int, EpisodeResult] = {}
+    policy_info: dict[str, Any] = {}
 
     def seeds_of(w: int) -> str:
         s = sorted(running[w])
@@ -251,6 +255,7 @@ def _supervise(procs: list[Any], msg_q: Any, timeout: float, startup_timeout: fl
         last[w] = time.monotonic()
         if kind == "ready":
             ready.add(w)
+            policy_info.update(payload)
         elif kind == "start":
             running[w].add(payload)
         elif kind == "done":
@@ -292,7 +297,7 @@ def _supervise(procs: list[Any], msg_q: Any, timeout: float, startup_timeout: fl
             if now - last[w] > limit:
                 raise EvalFailed(f"worker {w} (pid {p.pid}) made no progress for {limit:.0f}s while running "
                                  f"seed(s) {seeds_of(w)}; stopped it", sorted(running[w]))
-    return results
+    return results, policy_info
 
 
 def _stop(procs: list[Any]) -> None:
@@ -371,7 +376,7 @@ def evaluate(
     try:
         for p in procs:
             p.start()
-        by_seed = _supervise(procs, msg_q, worker_timeout, startup_timeout)
+        by_seed, policy_info = _supervise(procs, msg_q, worker_timeout, startup_timeout)
     except EvalFailed as e:
         if out_dir is not None and e.details:
             log = Path(out_dir) / "eval_errors.log"
@@ -405,6 +410,7 @@ def evaluate(
         "workers": workers,
         "n_envs": n_envs,
         "device": dev,
+        **policy_info,
         "videos": [r.video for r in results if r.video],
         "per_episode": [asdict(r) | {"inference_ms": None} for r in results],
     }

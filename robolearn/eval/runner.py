@@ -161,8 +161,11 @@ def _fault(seed: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
-    """Run episodes for seeds taken from ``seed_q`` until its end marker; report through ``msg_q``."""
+def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any) -> None:
+    """Run episodes for seeds taken from ``seed_q`` until its end marker; report through ``msg_q``.
+
+    ``slots`` (shared memory, one per env, -1 when free) holds the seeds in flight: unlike a queued
+    message it is there for the parent to read even when this process is killed the next instant."""
     rigs: list[Any] = []
     video_rig = None
     try:
@@ -194,6 +197,7 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
                 seed, with_video = item
                 if with_video:
                     video_seeds.add(seed)
+                slots[list(slots).index(-1)] = seed
                 msg_q.put(("start", wid, seed))
                 _fault(seed)
                 yield seed
@@ -216,6 +220,7 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
             res = EpisodeResult(seed=int(ep.seed), success=bool(ep.success), length=ep.steps,
                                 inference_ms=list(ep.info.get("inference_ms", [])), video=video)
             msg_q.put(("done", wid, res))
+            slots[list(slots).index(res.seed)] = -1
 
         run_batched(rigs, agent, seeds(), max_steps=spec.max_steps, keep_streams=("control",),
                     on_episode=on_episode, on_tick=on_tick)
@@ -234,20 +239,23 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any) -> None:
 # ---------------------------------------------------------------- the supervising parent
 
 
-def _supervise(procs: list[Any], msg_q: Any, timeout: float,
+def _supervise(procs: list[Any], slots: list[Any], msg_q: Any, timeout: float,
                startup_timeout: float) -> tuple[dict[int, EpisodeResult], dict[str, Any]]:
     """Results by seed, and what the workers reported of their policy, once every worker has exited;
     raises EvalFailed on an error, a death or a hang."""
     n = len(procs)
-    running: dict[int, set[int]] = {w: set() for w in range(n)}
     last = dict.fromkeys(range(n), time.monotonic())
     ready: set[int] = set()
     finished: set[int] = set()
     results: dict[int, EpisodeResult] = {}
     policy_info: dict[str, Any] = {}
 
+    def in_flight(w: int) -> list[int]:
+        # The shared slots, not the messages: a killed worker's last messages may never arrive.
+        return sorted(int(v) for v in slots[w] if v >= 0)
+
     def seeds_of(w: int) -> str:
-        s = sorted(running[w])
+        s = in_flight(w)
         return ", ".join(map(str, s)) if s else "none (while starting)"
 
     def handle(msg: tuple[str, int, Any]) -> None:
@@ -256,16 +264,13 @@ def _supervise(procs: list[Any], msg_q: Any, timeout: float,
         if kind == "ready":
             ready.add(w)
             policy_info.update(payload)
-        elif kind == "start":
-            running[w].add(payload)
         elif kind == "done":
-            running[w].discard(payload.seed)
             results[payload.seed] = payload
         elif kind == "exit":
             finished.add(w)
         elif kind == "error":
             line, tb = payload
-            seeds = sorted(running[w])
+            seeds = in_flight(w)
             where = f"seed {seeds_of(w)}" if seeds else "start-up"
             raise EvalFailed(f"worker failed on {where}: {line}", seeds, tb)
 
@@ -292,11 +297,11 @@ def _supervise(procs: list[Any], msg_q: Any, timeout: float,
                 code = p.exitcode
                 how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
                 raise EvalFailed(f"worker {w} (pid {p.pid}) died ({how}) while running seed(s) {seeds_of(w)}",
-                                 sorted(running[w]))
+                                 in_flight(w))
             limit = timeout if w in ready else startup_timeout
             if now - last[w] > limit:
                 raise EvalFailed(f"worker {w} (pid {p.pid}) made no progress for {limit:.0f}s while running "
-                                 f"seed(s) {seeds_of(w)}; stopped it", sorted(running[w]))
+                                 f"seed(s) {seeds_of(w)}; stopped it", in_flight(w))
     return results, policy_info
 
 
@@ -368,15 +373,16 @@ def evaluate(
         seed_q.put((s, i < videos))
     for _ in range(workers):
         seed_q.put(None)  # one end marker per worker
+    slots = [ctx.Array("q", [-1] * per_worker[w], lock=False) for w in range(workers)]
     procs = [ctx.Process(target=_worker_main, daemon=True, name=f"robolearn-eval-{w}",
                          args=(w, WorkerSpec(str(ckpt), task, per_worker[w], threads, dev, inference_steps,
-                                             str(video_dir) if video_dir else None, max_steps), seed_q, msg_q))
+                                             str(video_dir) if video_dir else None, max_steps), seed_q, msg_q, slots[w]))
              for w in range(workers)]
     t0 = time.perf_counter()
     try:
         for p in procs:
             p.start()
-        by_seed, policy_info = _supervise(procs, msg_q, worker_timeout, startup_timeout)
+        by_seed, policy_info = _supervise(procs, slots, msg_q, worker_timeout, startup_timeout)
     except EvalFailed as e:
         if out_dir is not None and e.details:
             log = Path(out_dir) / "eval_errors.log"

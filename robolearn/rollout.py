@@ -417,7 +417,7 @@ def run_batched(
             if not ended:
                 obs[i] = rigs[i].observe()
                 continue
-            episode = ep.build(seed_of[i], info={"inference_ms": list(agent.episode_ms[i])})
+            episode = ep.build(seed_of[i], info={**ep.result.info, "inference_ms": list(agent.episode_ms[i])})
             del builders[i], obs[i]
             done.append(episode)
             if on_episode is not None:

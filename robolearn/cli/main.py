@@ -99,12 +99,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = dict(n_envs=args.n_envs, workers=args.workers, device=args.device, inference_steps=args.inference_steps,
                 worker_timeout=args.worker_timeout, max_steps=args.max_steps)
     try:
-        if args.suite:
+        if args.suite:  # flags given on the command line override the suite file's settings
             report = run_suite(load_suite(args.suite), args.out, **{k: v for k, v in opts.items() if v is not None})
         else:
             if not args.policy or not args.task:
                 raise UsageError("give --policy RUN and --task NAME, or --suite FILE")
-            results = [evaluate(p, t, args.episodes, videos=args.videos, out_dir=args.out, **opts)
+            results = [evaluate(p, t, args.episodes, videos=args.videos, out_dir=args.out,
+                                **{**opts, "device": args.device or "cpu"})
                        for p in args.policy for t in _csv(args.task)]
             report = write_report(results, args.out)
     except EvalFailed as e:
@@ -178,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-envs", type=int, default=None,
                    help="environments in all, split over the workers (default 4 per worker)")
     e.add_argument("--workers", type=int, default=None, help="worker processes (default one per core)")
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the policy runs")
+    e.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="where the policy runs (default cpu, or the suite's)")
     e.add_argument("--videos", type=int, default=2, help="episodes to save as MP4 per task and policy")
     e.add_argument("--inference-steps", type=int, default=None,
                    help="override the policy's sampling steps (e.g. DDIM 16, flow 4)")

@@ -117,14 +117,18 @@ def main() -> None:
         write_json("bench_eval", res, args.out)
 
     print(f"plain loop: 1 env, {args.cores} threads, {args.episodes} episodes ...", flush=True)
+    load0 = os.getloadavg()[0]
     res["plain"] = plain_loop(ckpt, seeds, args.cores)
+    res["plain"]["loadavg_1min"] = [load0, os.getloadavg()[0]]  # other work on the machine, before/after
     print(f"  {res['plain']['episodes_per_minute']:.2f} episodes/min, success {res['plain']['success_rate']:.2f}, "
           f"mean length {res['plain']['mean_episode_length']:.0f}", flush=True)
     save()
     for cfg in args.configs.split(","):
         w, n = (int(x) for x in cfg.split("x"))
         print(f"runner: {w} workers x {n} envs ...", flush=True)
+        load0 = os.getloadavg()[0]
         r = evaluate(ckpt, "lift", episodes=args.episodes, n_envs=n, workers=w, videos=0)
+        r["loadavg_1min"] = [load0, os.getloadavg()[0]]
         r.pop("per_episode")
         r["speedup_vs_plain"] = r["episodes_per_minute"] / res["plain"]["episodes_per_minute"]
         res["runner"][cfg] = r

@@ -92,8 +92,8 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate one cell in this process (the parent starts one process per cell)."""
     import torch
 
+    from robolearn.eval import evaluate
     from robolearn.policies.train import load_recipe, recipe_to_dict, train
-    from robolearn.sim.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
     task, recipe_name = args.cell.split(":")

@@ -24,9 +24,9 @@ RECIPE = "quickstart"
 def quickstart(out: str | os.PathLike, episodes: int = 100, seed: int = 0, task: str = "lift",
                train_steps: int | None = None, eval_episodes: int = 50, recipe: str | os.PathLike = RECIPE,
                overrides: list[str] | None = None) -> dict:
+    from robolearn.eval import evaluate, write_report
     from robolearn.policies.train import load_recipe, train
     from robolearn.sim import load_task
-    from robolearn.sim.evaluate import evaluate, write_report
 
     # A bad task, recipe or override fails now, not after recording.
     overrides = [*(overrides or []), *([f"train.steps={train_steps}"] if train_steps else [])]
@@ -55,7 +55,7 @@ def quickstart(out: str | os.PathLike, episodes: int = 100, seed: int = 0, task:
 
     t0 = time.perf_counter()
     print(f"[3/3] evaluating on {eval_episodes} fixed seeds of {task}", flush=True)
-    ev = evaluate(out / "run", task, episodes=eval_episodes, n_envs=2, videos=2, out_dir=out / "eval")
+    ev = evaluate(out / "run", task, episodes=eval_episodes, videos=2, out_dir=out / "eval")
     write_report([ev], out / "eval", name=f"quickstart {task}")
     timings["eval_s"] = time.perf_counter() - t0
 

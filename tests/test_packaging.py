@@ -20,7 +20,7 @@ import robolearn
 from robolearn import resources
 from robolearn.policies.train import load_recipe
 from robolearn.sim import list_tasks, load_task
-from robolearn.sim.evaluate import load_suite
+from robolearn.eval import load_suite
 
 pkg = Path(robolearn.__file__).resolve().parent
 print(json.dumps({

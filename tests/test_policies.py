@@ -251,6 +251,31 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path, policy_type, kw
         assert torch.equal(a, b)
 
 
+def test_checkpoints_with_the_older_tensor_layout_shape_meta_still_load(tmp_path):
+    """Checkpoints written before the shared Feature type stored obs as {"shape": [C, H, W], "kind": ...}."""
+    torch.manual_seed(0)
+    policy = make_policy(cfg("flow"), IMAGE_META)  # IMAGE_META is in that older form
+    policy.set_normalizer(image_normalizer())
+    assert policy.shape_meta.obs["front_image"].shape == (32, 32, 3)
+    assert policy.shape_meta.obs["front_image"].tensor_shape == (3, 32, 32)
+    assert policy.shape_meta.obs["front_depth"].shape == (32, 32)
+    path = save_checkpoint(policy, tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["shape_meta"]["obs"]["front_image"]["dtype"] == "uint8"  # written in the new form
+    meta["shape_meta"]["obs"] = copy.deepcopy(IMAGE_META["obs"])  # as the older code wrote it
+    (path / "config.json").write_text(json.dumps(meta))
+    loaded = load_policy(path)  # no false "shape_meta differs"
+    assert loaded.shape_meta == policy.shape_meta
+    obs = image_batch()["obs"]
+    g = torch.Generator
+    assert torch.equal(loaded.predict_action(obs, generator=g().manual_seed(1)),
+                       policy.eval().predict_action(obs, generator=g().manual_seed(1)))
+    meta["shape_meta"]["obs"]["wrist_image"] = {"shape": [3, 16, 16], "kind": "rgb"}  # a real difference
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"shape_meta obs\.wrist_image\.shape: checkpoint \[16, 16, 3\]"):
+        load_state_into(make_policy(cfg("flow"), IMAGE_META), path)
+
+
 def test_load_policy_with_inference_overrides(tmp_path):
     torch.manual_seed(0)
     policy, obs, _ = lowdim_policy("flow", backbone="unet")
@@ -399,7 +424,9 @@ def test_dataset_to_policy(synth_store):
     ds = WindowDataset(path, ["state", "cam_image", "cam_depth"], "action", n_obs_steps=2, horizon=6,
                        n_action_steps=3, split="all")
     meta = shape_meta_from_dataset(ds)
-    assert meta.obs["cam_image"].shape == (3, 16, 16) and meta.obs["cam_depth"].shape == (1, 16, 16)
+    # The store's features (stored layout); the policy reads them as the loader yields them.
+    assert meta.obs["cam_image"].shape == (16, 16, 3) and meta.obs["cam_depth"].shape == (16, 16)
+    assert meta.obs["cam_image"].tensor_shape == (3, 16, 16) and meta.obs["cam_depth"].tensor_shape == (1, 16, 16)
     assert (meta.action_dim, meta.n_obs_steps, meta.horizon) == (4, 2, 6)
     torch.manual_seed(0)
     policy = make_policy(cfg("diffusion", n_action_steps=3), meta)

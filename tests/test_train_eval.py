@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from robolearn.eval import eval_seeds, wilson_interval
 from robolearn.record import RecordConfig, record
-from robolearn.sim.evaluate import eval_seeds, wilson_interval
 
 TINY = ["policy.unet.down_dims=[16,32]", "policy.encoder.lowdim_hidden_dims=[32]", "train.batch_size=16",
         "train.warmup_steps=2", "train.val_every=5", "train.ckpt_every=5", "train.num_workers=0"]

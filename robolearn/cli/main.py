@@ -103,22 +103,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from robolearn.eval import EvalFailed, evaluate, load_suite, run_suite, write_report
     from robolearn.resources import resolve
-    from robolearn.sim.evaluate import evaluate, load_suite, run_suite, write_report
 
-    if args.suite:
-        report = run_suite(load_suite(resolve("suite", args.suite)), args.out)
-    else:
-        if not args.policy or not args.task:
-            raise UsageError("give --policy RUN and --task NAME, or --suite FILE")
-        results = [evaluate(p, t, args.episodes, args.n_envs, args.videos, args.out,
-                            inference_steps=args.inference_steps)
-                   for p in args.policy for t in _csv(args.task)]
-        report = write_report(results, args.out)
+    opts = dict(n_envs=args.n_envs, workers=args.workers, device=args.device, inference_steps=args.inference_steps,
+                worker_timeout=args.worker_timeout, max_steps=args.max_steps)
+    try:
+        if args.suite:  # flags given on the command line override the suite file's settings
+            report = run_suite(load_suite(resolve("suite", args.suite)), args.out, **{k: v for k, v in opts.items() if v is not None})
+        else:
+            if not args.policy or not args.task:
+                raise UsageError("give --policy RUN and --task NAME, or --suite FILE")
+            results = [evaluate(p, t, args.episodes, videos=args.videos, out_dir=args.out,
+                                **{**opts, "device": args.device or "cpu"})
+                       for p in args.policy for t in _csv(args.task)]
+            report = write_report(results, args.out)
+    except EvalFailed as e:
+        # Not the user's mistake: one line naming the seed and the cause, exit 1.
+        print(f"robolearn eval: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     for r in report["results"]:
         lo, hi = r["wilson95"]
         print(f"{r['task']:8s} {r['checkpoint']}: success {r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] "
-              f"over {r['episodes']} episodes, {r['inference_ms_per_chunk']:.1f} ms/chunk")
+              f"over {r['episodes']} episodes, {r['inference_ms_per_chunk']:.1f} ms/chunk, "
+              f"{r['episodes_per_minute']:.1f} episodes/min")
     print(f"report: {args.out}/report.json, {args.out}/summary.md")
     return 0
 
@@ -182,10 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", help="task name(s), comma-separated")
     e.add_argument("--suite", help="suite: a YAML file (e.g. sim/suites/lift.yaml) or a built-in name")
     e.add_argument("--episodes", type=int, default=50)
-    e.add_argument("--n-envs", type=int, default=2, help="parallel environment processes")
+    e.add_argument("--n-envs", type=int, default=None,
+                   help="environments in all, split over the workers (default 4 per worker)")
+    e.add_argument("--workers", type=int, default=None, help="worker processes (default one per core)")
+    e.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="where the policy runs (default cpu, or the suite's)")
     e.add_argument("--videos", type=int, default=2, help="episodes to save as MP4 per task and policy")
     e.add_argument("--inference-steps", type=int, default=None,
                    help="override the policy's sampling steps (e.g. DDIM 16, flow 4)")
+    e.add_argument("--max-steps", type=int, default=None, help="cap episodes below the task's horizon (quick checks)")
+    e.add_argument("--worker-timeout", type=float, default=120.0,
+                   help="seconds without progress after which a worker counts as hung (default 120)")
     e.add_argument("--out", required=True, help="output directory")
     e.set_defaults(func=cmd_eval)
 
@@ -200,10 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Transitional: modules that still raise plain ValueError / FileNotFoundError for user mistakes. Such an
-# error raised *in* one of them (not in a library it calls) still counts as a user's; remove a module
-# from this list once it raises robolearn.errors.UserError.
-_UNCONVERTED = ("robolearn.sim.evaluate",)
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 
@@ -222,11 +233,6 @@ def _is_user_error(e: BaseException, args: argparse.Namespace) -> bool:
         f = Path(os.fsdecode(e.filename)).absolute()
         if any(f == p or p in f.parents for p in _user_paths(args)):
             return True
-    if isinstance(e, ValueError | FileNotFoundError) and e.__traceback__ is not None:
-        tb = e.__traceback__
-        while tb.tb_next is not None:
-            tb = tb.tb_next
-        return tb.tb_frame.f_globals.get("__name__") in _UNCONVERTED
     return False
 
 

@@ -28,6 +28,7 @@ from robolearn.data.normalizer import Normalizer, store_stats
 from robolearn.data.sampler import WindowSampler, split_episodes
 from robolearn.data.schema import CONTROL_STREAM, SchemaError
 from robolearn.data.store import DemoStore
+from robolearn.data.tensors import to_tensor
 from robolearn.errors import UserError
 
 
@@ -168,18 +169,13 @@ class WindowDataset(torch.utils.data.Dataset):
         obs: dict[str, torch.Tensor] = {}
         for k in self.obs_keys:
             if k in self.lowdim:
-                obs[k] = torch.from_numpy(self.lowdim[k][obs_rows])
+                obs[k] = to_tensor(self.specs[k], self.lowdim[k][obs_rows], k)
                 continue
             frames = self.frame_rows[k][obs_rows]
             flat = frames.reshape(-1)
             data = self._frames[k][flat] if self._in_memory else self._read_frames(k, flat)
-            spec = self.specs[k]
-            if spec.kind == "rgb":
-                # uint8 (B, T, C, H, W): the policy scales to [0, 1] on its own device
-                obs[k] = torch.from_numpy(data).reshape(*frames.shape, *spec.shape).permute(0, 1, 4, 2, 3)
-            else:  # depth: uint16 units -> metres, with a channel axis
-                t = torch.from_numpy(data.astype(np.float32)).reshape(*frames.shape, 1, *spec.shape)
-                obs[k] = t.mul_(float(spec.depth_scale))
+            # The conversion the rollout's observation history uses too (robolearn.data.tensors).
+            obs[k] = to_tensor(self.specs[k], data.reshape(*frames.shape, *self.specs[k].shape), k)
         action = torch.from_numpy(self.lowdim[self.action_key][rows])
         episode = torch.from_numpy(self._episode_of_row[rows[:, 0].clip(min=0)])
         return {"obs": obs, "action": action, "episode": episode}

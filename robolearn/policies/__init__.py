@@ -20,7 +20,7 @@ from robolearn.policies.ema import EMA, EMAConfig
 from robolearn.policies.encoders import EncoderConfig, ObsEncoder, ResNet18GN
 from robolearn.policies.factory import POLICY_TYPES, make_config, make_policy, shape_meta_from_dataset
 from robolearn.policies.flow import FlowConfig, FlowPolicy, MeanFlowConfig, MeanFlowPolicy
-from robolearn.policies.shapes import ObsSpec, ShapeMeta
+from robolearn.policies.shapes import ShapeMeta
 
 __all__ = [
     "POLICY_TYPES",
@@ -35,7 +35,6 @@ __all__ = [
     "MeanFlowConfig",
     "MeanFlowPolicy",
     "ObsEncoder",
-    "ObsSpec",
     "Policy",
     "PolicyConfig",
     "ResNet18GN",

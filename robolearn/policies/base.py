@@ -229,7 +229,7 @@ class Policy(nn.Module):
                                  cond_dim=encoder.out_dim, n_cond_tokens=cfg.n_obs_steps, n_times=self.n_times,
                                  horizon=cfg.horizon)
         self.net = PolicyNet(encoder, denoiser)
-        shapes = {k: self.shape_meta.obs[k].shape for k in encoder.lowdim_keys}
+        shapes = {k: self.shape_meta.obs[k].tensor_shape for k in encoder.lowdim_keys}
         shapes[self.action_key] = (self.action_dim,)
         self.normalizer = NormalizerModule(shapes)
         self.ema: EMA | None = EMA(self.net, cfg.ema) if cfg.ema.enabled else None
@@ -349,8 +349,9 @@ class Policy(nn.Module):
         for k in self.obs_keys:
             x = obs[k]
             spec = self.shape_meta.obs[k]
-            if x.dim() != 2 + len(spec.shape) or tuple(x.shape[2:]) != spec.shape:
-                raise ValueError(f"observation {k!r} has shape {tuple(x.shape)}, expected (B, T, {', '.join(map(str, spec.shape))})")
+            shape = spec.tensor_shape
+            if x.dim() != 2 + len(shape) or tuple(x.shape[2:]) != shape:
+                raise ValueError(f"observation {k!r} has shape {tuple(x.shape)}, expected (B, T, {', '.join(map(str, shape))})")
             if (x.shape[1] != n) if exact else (x.shape[1] < n):
                 raise ValueError(f"observation {k!r} has {x.shape[1]} steps, the policy needs {n}")
             if batch is not None and x.shape[0] != batch:

@@ -140,8 +140,9 @@ def load_state_into(policy: Policy, path: str | os.PathLike, *, ignore_fields: I
         problems.append(f"config {name}: checkpoint {theirs!r}, model {mine!r}")
     overridden = config_diff(meta["config"], config_to_dict(policy.config)).keys() - set(
         config_diff(meta["config"], config_to_dict(policy.config), ignore_fields))
-    for name, (theirs, mine) in config_diff(meta["shape_meta"], policy.shape_meta.to_json(),
-                                            ("n_obs_steps", "horizon")).items():
+    # Read through ShapeMeta so that checkpoints written with the older tensor-layout form compare equal.
+    for name, (theirs, mine) in config_diff(ShapeMeta.from_json(meta["shape_meta"]).to_json(),
+                                            policy.shape_meta.to_json(), ("n_obs_steps", "horizon")).items():
         problems.append(f"shape_meta {name}: checkpoint {theirs!r}, model {mine!r}")
     state = load_file(str(root / "model.safetensors"))
     model_problems = _tensor_problems("model", state, policy.state_dict())

@@ -180,9 +180,9 @@ def pair_cameras(shape_meta: ShapeMeta, config: EncoderConfig) -> list[tuple[str
     cams: list[tuple[str | None, str | None]] = [(r, pairs.get(r)) for r in rgb]
     cams += [(None, d) for d in depth if d not in pairs.values()]
     for r, d in cams:
-        if r and d and shape_meta.obs[r].shape[1:] != shape_meta.obs[d].shape[1:]:
-            raise UserError(f"cannot stack depth {d!r} {shape_meta.obs[d].shape[1:]} onto rgb {r!r} "
-                             f"{shape_meta.obs[r].shape[1:]}: image sizes differ")
+        if r and d and shape_meta.obs[r].tensor_shape[1:] != shape_meta.obs[d].tensor_shape[1:]:
+            raise UserError(f"cannot stack depth {d!r} {shape_meta.obs[d].tensor_shape[1:]} onto rgb {r!r} "
+                             f"{shape_meta.obs[r].tensor_shape[1:]}: image sizes differ")
     return cams
 
 
@@ -201,7 +201,7 @@ class ObsEncoder(nn.Module):
         self.per_step_dim = 0
         self.lowdim: nn.Module | None = None
         if self.lowdim_keys:
-            d_in = sum(math.prod(shape_meta.obs[k].shape) for k in self.lowdim_keys)
+            d_in = sum(math.prod(shape_meta.obs[k].tensor_shape) for k in self.lowdim_keys)
             layers: list[nn.Module] = []
             for h in config.lowdim_hidden_dims:
                 layers += [nn.Linear(d_in, h), nn.Mish()]
@@ -213,8 +213,8 @@ class ObsEncoder(nn.Module):
         for r, d in self.cameras:
             ref = r or d
             assert ref is not None
-            shape = shape_meta.obs[ref].shape
-            c = (shape_meta.obs[r].shape[0] if r else 0) + (1 if d else 0)
+            shape = shape_meta.obs[ref].tensor_shape
+            c = (shape_meta.obs[r].tensor_shape[0] if r else 0) + (1 if d else 0)
             enc = CameraEncoder(c, (shape[1], shape[2]), config)
             self.cams[module_name(ref)] = enc
             self.per_step_dim += enc.out_dim

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from robolearn.errors import ConfigError, UserError, join_key
+from robolearn.features import Feature
 from robolearn.policies.base import Policy, PolicyConfig, config_from_dict
 from robolearn.policies.diffusion import DiffusionPolicy
 from robolearn.policies.flow import FlowPolicy, MeanFlowPolicy
-from robolearn.policies.shapes import ObsSpec, ShapeMeta
+from robolearn.policies.shapes import ShapeMeta, policy_feature
 
 POLICY_TYPES: dict[str, type[Policy]] = {
     cls.policy_type: cls for cls in (DiffusionPolicy, FlowPolicy, MeanFlowPolicy)
@@ -50,17 +51,9 @@ def make_policy(config: Mapping[str, Any] | PolicyConfig, shape_meta: ShapeMeta 
 
 
 def shape_meta_from_dataset(ds: Any) -> ShapeMeta:
-    """Shapes a ``WindowDataset`` yields: low-dim (D,), rgb (C, H, W), depth (1, H, W); action (A,)."""
-    obs: dict[str, ObsSpec] = {}
-    for k in ds.obs_keys:
-        spec = ds.specs[k]
-        if spec.kind == "rgb":
-            h, w, c = spec.shape
-            obs[k] = ObsSpec((c, h, w), "rgb")
-        elif spec.kind == "depth":
-            obs[k] = ObsSpec((1, *spec.shape), "depth")
-        else:
-            obs[k] = ObsSpec(spec.shape, "lowdim")
+    """The store's features of a ``WindowDataset``'s keys (the loader yields ``feature.tensor_shape``
+    per step); action (A,)."""
+    obs: dict[str, Feature] = {k: policy_feature(ds.specs[k]) for k in ds.obs_keys}
     act = ds.specs[ds.action_key]
     if act.kind != "lowdim":
         raise UserError(f"action key {ds.action_key!r} must be low-dim, is {act.kind}")

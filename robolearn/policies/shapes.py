@@ -1,52 +1,75 @@
-"""What a policy consumes and produces: observation keys with their shapes, and the action size."""
+"""What a policy consumes and produces: observation features (the one ``Feature`` type) and the action size.
+
+Observation features keep the layout as captured and stored (rgb (H, W, C) uint8, depth (H, W)
+uint16, low-dim (D,)); the policy sees each step as ``feature.tensor_shape`` ((C, H, W) rgb,
+(1, H, W) depth in metres), exactly what the training loader and the rollout's observation history
+yield (both through ``robolearn.data.tensors``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-OBS_KINDS = ("lowdim", "rgb", "depth")
+from robolearn.features import KINDS, Feature
+
+OBS_KINDS = KINDS
+# Checkpoints written before the shared Feature type carried no depth scale; the simulator's was this.
+LEGACY_DEPTH_SCALE = 0.001
 
 
-@dataclass(frozen=True)
-class ObsSpec:
-    """One observation key, per time step, as the dataset yields it.
+def feature_from_json(d: Mapping[str, Any] | Feature) -> Feature:
+    """A ``Feature`` from its JSON, or from the older ``{"shape": <tensor layout>, "kind": ...}`` form.
 
-    ``shape`` is (D, ...) for low-dim, (C, H, W) for rgb (C = 3 or 4) and (1, H, W) for depth."""
+    The older form (no ``dtype``) gave the per-step tensor layout: (C, H, W) rgb, (1, H, W) depth."""
+    if isinstance(d, Feature):
+        return d
+    d = dict(d)
+    if "dtype" in d:
+        return Feature.from_json(d)
+    shape, kind = tuple(int(s) for s in d["shape"]), d.get("kind", "lowdim")
+    if kind not in KINDS:
+        raise ValueError(f"unknown observation kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind == "rgb":
+        if len(shape) != 3 or shape[0] not in (3, 4):
+            raise ValueError(f"rgb observations are (C, H, W) with C = 3 or 4, got {shape}")
+        c, h, w = shape
+        return Feature((h, w, c), "uint8", "rgb")
+    if kind == "depth":
+        if len(shape) != 3 or shape[0] != 1:
+            raise ValueError(f"depth observations are (1, H, W), got {shape}")
+        return Feature(shape[1:], "uint16", "depth", depth_scale=LEGACY_DEPTH_SCALE)
+    if not shape:
+        raise ValueError("low-dim observations need at least one dimension")
+    return Feature(shape, "float32")
 
-    shape: tuple[int, ...]
-    kind: str = "lowdim"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        if self.kind not in OBS_KINDS:
-            raise ValueError(f"unknown observation kind {self.kind!r}; use one of {', '.join(OBS_KINDS)}")
-        if self.kind == "rgb" and (len(self.shape) != 3 or self.shape[0] not in (3, 4)):
-            raise ValueError(f"rgb observations are (C, H, W) with C = 3 or 4, got {self.shape}")
-        if self.kind == "depth" and (len(self.shape) != 3 or self.shape[0] != 1):
-            raise ValueError(f"depth observations are (1, H, W), got {self.shape}")
-        if self.kind == "lowdim" and len(self.shape) == 0:
-            raise ValueError("low-dim observations need at least one dimension")
+def policy_feature(feature: Feature) -> Feature:
+    """What a policy keeps of a store's feature: the codec is a storage detail, not an input property."""
+    return dataclasses.replace(feature, codec=None)
 
 
 @dataclass(frozen=True)
 class ShapeMeta:
-    """Observation keys (in encoder order), the action key and size, and optionally the window sizes
+    """Observation features (in encoder order), the action key and size, and optionally the window sizes
     of the data the policy trains on (used to fill ``n_obs_steps`` / ``horizon`` left unset)."""
 
-    obs: Mapping[str, ObsSpec]
+    obs: Mapping[str, Feature]
     action_dim: int
     action_key: str = "action"
     n_obs_steps: int | None = None
     horizon: int | None = None
 
     def __post_init__(self) -> None:
-        obs = {k: (v if isinstance(v, ObsSpec) else ObsSpec(tuple(v["shape"]), v.get("kind", "lowdim")))
-               for k, v in self.obs.items()}
+        obs = {k: feature_from_json(v) for k, v in self.obs.items()}
         object.__setattr__(self, "obs", obs)
         if not obs:
             raise ValueError("shape_meta needs at least one observation key")
+        for k, f in obs.items():
+            if f.kind == "lowdim" and not f.shape:
+                raise ValueError(f"low-dim observation {k!r} needs at least one dimension")
         if int(self.action_dim) < 1:
             raise ValueError(f"action_dim must be >= 1, got {self.action_dim}")
         object.__setattr__(self, "action_dim", int(self.action_dim))
@@ -56,7 +79,7 @@ class ShapeMeta:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "obs": {k: {"shape": list(v.shape), "kind": v.kind} for k, v in self.obs.items()},
+            "obs": {k: v.to_json() for k, v in self.obs.items()},
             "action_key": self.action_key,
             "action_dim": self.action_dim,
             "n_obs_steps": self.n_obs_steps,

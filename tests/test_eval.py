@@ -1,0 +1,81 @@
+"""`robolearn eval` and the runner: suites, --inference-steps, and workers that raise, die or hang
+(real worker processes; the fault is injected inside the worker through ROBOLEARN_EVAL_FAULT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from eval_helpers import tiny_checkpoint
+
+from robolearn.eval import EvalFailed, evaluate, load_suite
+from robolearn.eval.runner import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "run" / "checkpoints" / "step_0000005")
+
+
+def run_cli(*args: str, fault: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    return subprocess.run([sys.executable, "-m", "robolearn", "eval", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_suite_through_the_cli_with_inference_steps(ckpt, tmp_path):
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(f"name: tiny\ntasks: [lift]\npolicies: [{ckpt}]\nepisodes: 3\nworkers: 1\nn_envs: 2\n"
+                          f"videos: 1\nseed_base: 500\n")
+    suite = load_suite(suite_file)
+    assert (suite.workers, suite.n_envs, suite.seed_base, suite.videos) == (1, 2, 500, 1)
+    out = tmp_path / "out"
+    res = run_cli("--suite", str(suite_file), "--inference-steps", "1", "--max-steps", "8", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    r = report["results"][0]
+    assert report["name"] == "tiny" and r["checkpoint"] == str(ckpt) and r["policy_type"] == "flow"
+    assert r["inference_steps"] == 1  # the checkpoint says 2: the flag reached the workers
+    assert (r["workers"], r["n_envs"], r["episodes"]) == (1, 2, 3)
+    assert [e["seed"] for e in r["per_episode"]] == [500, 501, 502]
+    assert [e["length"] for e in r["per_episode"]] == [8, 8, 8]
+    assert len(r["videos"]) == 1 and Path(r["videos"][0]).stat().st_size > 1000
+    assert "| lift |" in (out / "summary.md").read_text() and "episodes/min" in res.stdout
+    suite_file.write_text("tasks: [lift]\npolicies: [x]\nworkerz: 2\n")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['workerz'\]"):
+        load_suite(suite_file)
+
+
+def test_worker_exception_names_the_seed(ckpt, tmp_path):
+    out = tmp_path / "eval"
+    res = run_cli("--policy", str(ckpt), "--task", "lift", "--episodes", "3", "--workers", "1", "--n-envs", "1",
+                  "--max-steps", "4", "--videos", "0", "--out", str(out), fault="raise:1000001")
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert lines[0].startswith("robolearn eval: worker failed on seed 1000001: RuntimeError: injected fault")
+    assert "Traceback" in (out / "eval_errors.log").read_text()
+    assert not (out / "report.json").exists()
+
+
+def test_killed_worker_fails_the_run_with_its_seed(ckpt, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "kill:1000002")  # spawned workers inherit the environment
+    with pytest.raises(EvalFailed, match=r"worker \d \(pid \d+\) died \(signal SIGKILL\) while running seed\(s\) "
+                                         r"1000002") as e:
+        evaluate(ckpt, "lift", episodes=6, workers=2, n_envs=2, max_steps=4, videos=0, worker_timeout=600.0)
+    assert e.value.seeds == [1000002]
+
+
+def test_hung_worker_fails_the_run_with_its_seed(ckpt, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "hang:1000000")
+    with pytest.raises(EvalFailed, match=r"made no progress for 3s while running seed\(s\) 1000000"):
+        evaluate(ckpt, "lift", episodes=2, workers=1, n_envs=1, max_steps=4, videos=0, worker_timeout=3.0)

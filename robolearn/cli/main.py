@@ -26,7 +26,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = RecordConfig(
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
-        codec=args.codec, workers=args.workers,
+        codec=args.codec, workers=args.workers, perturb=args.perturb,
     )
     bars: list = []
 
@@ -47,7 +47,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         f"rollout {s.rollout_seconds:.1f}s, render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)"
         + (" — interrupted, the episode in progress was dropped" if s.interrupted else "")
     )
-    if s.successes < cfg.episodes and not s.interrupted:
+    if s.successes < cfg.episodes and not s.interrupted and not cfg.perturb:
         print(f"warning: only {s.successes} of {cfg.episodes} attempts succeeded within the attempt limit", file=sys.stderr)
     return 130 if s.interrupted else 0
 
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--codec", default="qoi", choices=["qoi", "jpeg"], help="image codec: qoi (lossless) or jpeg")
     r.add_argument("--workers", type=int, default=0,
                    help="processes running attempts (default: one per core, at most 4)")
+    r.add_argument("--perturb", default=None, choices=["noise", "early_release", "stall"],
+                   help="perturb the expert so attempts fail (kept, counted by --episodes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_record)
 

@@ -47,6 +47,9 @@ class RecordConfig:
     max_attempts: int | None = None
     # Processes running attempts; 0 picks one per core (at most 4). The writer is always this process.
     workers: int = 0
+    # A perturbed expert (robolearn.sim.perturb: noise, early_release, stall) to record failures on
+    # demand; its attempts are kept whatever their outcome and count towards ``episodes``.
+    perturb: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -57,6 +60,11 @@ class RecordConfig:
             raise ValueError(f"unknown rig {self.rig!r}: use sim:<task> (e.g. sim:lift)")
         if self.teleop != "expert":
             raise ValueError(f"teleoperator {self.teleop!r} is not available for the simulated rig; use --teleop expert")
+        if self.perturb is not None:
+            from robolearn.sim.perturb import PERTURBATIONS
+
+            if self.perturb not in PERTURBATIONS:
+                raise ValueError(f"unknown --perturb {self.perturb!r}; expected one of {', '.join(PERTURBATIONS)}")
         cams = [c.strip() for c in self.cameras if c.strip()]
         if len(set(cams)) != len(cams):
             raise ValueError(f"--cameras lists a camera twice: {','.join(cams)}")
@@ -152,9 +160,17 @@ class _Collector:
         from robolearn.sim.experts import make_expert
 
         t0 = time.perf_counter()
-        ep = _rollout(self.roll_env, make_expert(self.task.name, np.random.default_rng(seed)), seed, self.cfg.hold_steps)
+        expert = make_expert(self.task.name, np.random.default_rng(seed))
+        if self.cfg.perturb:
+            from robolearn.sim.perturb import perturb
+
+            # Its own stream, so the expert's demonstration variation stays that of the unperturbed seed.
+            expert = perturb(expert, self.cfg.perturb, np.random.default_rng([seed, 1]))
+        ep = _rollout(self.roll_env, expert, seed, self.cfg.hold_steps)
+        if self.cfg.perturb:
+            ep["perturb"] = expert.describe()
         t1 = time.perf_counter()
-        keep = ep["success"] or self.cfg.keep_failures
+        keep = ep["success"] or self.cfg.keep_failures or bool(self.cfg.perturb)
         frames = _render(self.render_env, ep["sim_state"]) if keep and self.render_env else {}
         return ep, frames, t1 - t0, time.perf_counter() - t1
 
@@ -253,12 +269,14 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
             summary.rollout_seconds += t_roll
             summary.render_seconds += t_render
             summary.steps += len(ep["action"])
-            if ep["success"] or cfg.keep_failures:
+            if ep["success"] or cfg.keep_failures or cfg.perturb:
                 t0 = time.perf_counter()
+                notes = {"task_name": task.name, "teleop": cfg.teleop, "image_size": cfg.image_size}
+                if cfg.perturb:
+                    notes["perturb"] = ep["perturb"]
                 info = EpisodeInfo(
                     task=task.text, success=bool(ep["success"]), source="expert", rig=cfg.rig,
-                    fps=float(ep["fps"]), seed=seed,
-                    notes={"task_name": task.name, "teleop": cfg.teleop, "image_size": cfg.image_size},
+                    fps=float(ep["fps"]), seed=seed, notes=notes,
                 )
                 summary.episode_indices.append(_write_episode(store, ep, frames, info, task.name, cfg))
                 summary.write_seconds += time.perf_counter() - t0
@@ -269,7 +287,8 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
                     summary.failures_kept += 1
             if progress:
                 progress(summary)
-            if summary.successes >= cfg.episodes or summary.attempts >= max_attempts:
+            done = summary.committed if cfg.perturb else summary.successes
+            if done >= cfg.episodes or summary.attempts >= max_attempts:
                 break
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -299,6 +318,8 @@ def _rollout(env, expert, seed: int, hold_steps: int) -> dict[str, np.ndarray]: 
         if success_at is None and info.get("success"):
             success_at = len(rows["action"])
         if (success_at is not None and len(rows["action"]) >= success_at + hold_steps) or terminated or truncated:
+            break
+        if getattr(expert, "gave_up", False):  # a perturbed expert ends its failed attempt early
             break
     out = {k: np.asarray(v) for k, v in rows.items()}
     out["success"] = success_at is not None

@@ -38,7 +38,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 
 WORK = RESULTS / "rewards"
 # Episodes per task: expert successes, then each perturbation (all of them kept, success or not).
-PLAN = {"expert": 40, "stall": 15, "early_release": 15, "noise": 6}
+PLAN = {"expert": 32, "stall": 12, "early_release": 12, "noise": 4}
 CAMERA, SIZE = "agentview", 64
 TARGETS = {"voc": 0.9, "voc_reversed": -0.9, "auroc": 0.9}
 
@@ -103,8 +103,9 @@ def gvl_throughput(n_episodes: int, concurrency: int = 4, latency: float = 0.25)
     """Episodes labelled per minute by the GVL client against the loopback judge server."""
     import tempfile
 
-    from robolearn.rewards.gvl import GVLClient, GVLConfig
     from robolearn.rewards.loopback import LoopbackJudge, moving_block_episode
+
+    from robolearn.rewards.gvl import GVLClient, GVLConfig
 
     with LoopbackJudge(latency=latency) as srv, tempfile.TemporaryDirectory() as cache:
         cfg = GVLConfig(endpoint=srv.url, model="loopback-judge", concurrency=concurrency, n_frames=16,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default="data,fit,score,clip,gvl")
     ap.add_argument("--tasks", default="lift,can,square")
     ap.add_argument("--work", default=str(WORK))
-    ap.add_argument("--steps", type=int, default=3000, help="progress-network training steps")
+    ap.add_argument("--steps", type=int, default=2000, help="progress-network training steps")
     ap.add_argument("--clip", default=None, help="local CLIP/SigLIP directory (default: a tiny random one)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

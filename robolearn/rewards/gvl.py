@@ -460,7 +460,7 @@ class GVLClient:
                     break
                 chunks.append(chunk)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, b"".join(chunks)
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError(f"no answer within {self.cfg.timeout:g}s") from None
         finally:
             conn.close()
@@ -496,7 +496,7 @@ class GVLClient:
 def _remaining(sock: socket.socket | None, deadline: float) -> None:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise socket.timeout()
+        raise TimeoutError()
     if sock is not None:
         try:
             sock.settimeout(left)

@@ -51,12 +51,14 @@ def test_perturbed_experts_fail_with_notes(lift_store):
     assert z[-1] > z.min() + 0.003
 
 
-def test_early_release_and_noise_fail_lift():
+def test_early_release_and_noise_fail_lift(tmp_path):
     from robolearn.data.record import _rollout
     from robolearn.sim import make_env, make_expert
     from robolearn.sim.perturb import perturb
 
-    env = make_env("lift")
+    task = tmp_path / "lift_short.yaml"  # the expert lifts in ~45 steps; a failure need not run to 200
+    task.write_text("name: lift\nenv_name: Lift\ninstruction: lift the red cube\nhorizon: 70\n")
+    env = make_env(str(task))
     try:
         for kind in ("early_release", "noise"):
             ex = perturb(make_expert("lift", np.random.default_rng(3)), kind, np.random.default_rng([3, 1]),
@@ -72,7 +74,7 @@ def test_early_release_and_noise_fail_lift():
 def test_progress_net_ranks_stalled_near_miss_below_success(lift_store, tmp_path):
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # a tiny network: threads cost more than they bring on a shared CPU
     out = tmp_path / "reward"
     s = fit(FitConfig(data=str(lift_store), out=str(out), steps=250, batch_size=32, image_size=32, width=16),
             progress=False)

@@ -100,10 +100,12 @@ def score_task(spec: str, store_path: Path, out: Path, episodes: list[int]) -> d
 
 
 def gvl_throughput(n_episodes: int, concurrency: int = 4, latency: float = 0.25) -> dict[str, Any]:
-    """Episodes labelled per minute by the GVL client against the loopback judge server."""
+    """Episodes labelled per minute by the GVL client against the loopback judge server (which
+    waits ``latency`` seconds per request, as a VLM would, so the figure shows what concurrency buys)."""
     import tempfile
 
-    from robolearn.rewards.loopback import LoopbackJudge, moving_block_episode
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from gvl_judge import LoopbackJudge, moving_block_episode
 
     from robolearn.rewards.gvl import GVLClient, GVLConfig
 
@@ -182,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             save()
     if "gvl" in stages:
-        results["gvl_loopback"] = gvl_throughput(24)
-        print(f"[gvl] {results['gvl_loopback']}", flush=True)
+        results["gvl_loopback"] = {f"concurrency_{c}": gvl_throughput(24, concurrency=c) for c in (1, 4)}
+        results["gvl_loopback"]["no_latency_concurrency_4"] = gvl_throughput(48, concurrency=4, latency=0.0)
+        print(f"[gvl] {json.dumps(results['gvl_loopback'], indent=1)}", flush=True)
     save()
     return 0
 

@@ -16,7 +16,6 @@ Needs the optional extra ``robolearn[clip]`` (transformers).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

@@ -67,6 +67,12 @@ def test_early_release_and_noise_fail_lift(tmp_path):
             assert not ep["success"] and ex.describe()["kind"] == kind
         with pytest.raises(ValueError, match="unknown perturbation"):
             perturb(make_expert("lift", np.random.default_rng(0)), "wobble", np.random.default_rng(0))
+        with pytest.raises(ValueError, match="unknown --perturb"):
+            RecordConfig(rig="sim:lift", out=str(tmp_path / "x"), perturb="wobble")
+        from robolearn.cli.main import build_parser
+
+        args = build_parser().parse_args(["record", "--rig", "sim:lift", "--out", "x", "--perturb", "early_release"])
+        assert args.perturb == "early_release"
     finally:
         env.close()
 

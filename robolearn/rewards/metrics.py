@@ -111,7 +111,8 @@ def score_store(model: ProgressModel, data: str | Path | Any, out: str | Path | 
         n_frames += len(frames)
         row = {"episode": ep, "success": bool(info.success), "kind": episode_kind(info), "length": len(frames),
                "voc": voc(s.progress), "final_progress": _last_judged(s.progress), "success_prob": s.success,
-               "missing": s.missing, "progress": s.progress}
+               "missing": int(s.info.get("missing", s.missing)), "progress": s.progress,
+               "curve": np.asarray(s.info.get("dense", s.progress))}
         if reversed_clips and info.success:
             if model.markov:  # each frame scored on its own: the reversed clip's scores are these, reversed
                 rev = s.progress[::-1]
@@ -150,7 +151,7 @@ def score_store(model: ProgressModel, data: str | Path | Any, out: str | Path | 
         "missing_frames": int(sum(r["missing"] for r in rows)),
         "ms_per_frame": 1000.0 * t_score / max(n_frames, 1),
         "by_kind": by_kind,
-        "episodes": [{k: v for k, v in r.items() if k != "progress"} for r in rows],
+        "episodes": [{k: v for k, v in r.items() if k not in ("progress", "curve")} for r in rows],
     }
     for k in ("auroc", "auroc_final_progress"):
         if result[k] != result[k]:
@@ -187,7 +188,7 @@ def plot_curves(rows: list[dict], out: Path, n: int, title: str) -> list[Path]:
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        p = r["progress"]
+        p = r["curve"]  # sparse backends (GVL) plot their interpolation between judged frames
         ax.plot(np.linspace(0, 1, len(p)), p, color="tab:green" if r["success"] else "tab:red", alpha=0.5, lw=1)
     ax.set(xlabel="normalised time", ylabel="predicted progress", ylim=(-0.05, 1.05),
            title=f"{title}: successes (green), failures (red)")
@@ -199,7 +200,10 @@ def plot_curves(rows: list[dict], out: Path, n: int, title: str) -> list[Path]:
     picked += [r for r in rows if not r["success"]][: n - len(picked)]
     for r in picked:
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(r["progress"], color="tab:green" if r["success"] else "tab:red")
+        ax.plot(r["curve"], color="tab:green" if r["success"] else "tab:red")
+        judged = np.flatnonzero(~np.isnan(r["progress"]))
+        if len(judged) < len(r["progress"]):
+            ax.plot(judged, r["progress"][judged], "o", ms=3, color="k")
         sp = r["success_prob"]
         ax.set(xlabel="step", ylabel="progress", ylim=(-0.05, 1.05),
                title=f"episode {r['episode']} ({r['kind']}): VOC {r['voc']:.2f}"

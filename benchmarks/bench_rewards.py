@@ -123,6 +123,38 @@ def gvl_throughput(n_episodes: int, concurrency: int = 4, latency: float = 0.25)
                 "missing_frames": missing, "max_in_flight_seen_by_server": srv.max_in_flight}
 
 
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def report(res: dict[str, Any]) -> str:
+    """A markdown table of every finished figure."""
+    rows = ["| task | backend | held-out successes / failures | VOC | reversed VOC | AUROC | ms/frame |",
+            "|---|---|---|---|---|---|---|"]
+    for task in ("lift", "can", "square"):
+        for name in ("progress_net", "clip"):
+            s = res.get(task, {}).get(name)
+            if s:
+                rows.append(f"| {task} | {name} | {s['n_success']} / {s['n_failure']} | {_fmt(s['voc'])} | "
+                            f"{_fmt(s['voc_reversed'])} | {_fmt(s['auroc'])} | {s['ms_per_frame']:.2f} |")
+    for task in ("lift", "can", "square"):
+        st = res.get(task, {}).get("store")
+        if st:
+            rows.append(f"\n{task}: {st['episodes']} episodes ({st['kinds']}), {st['steps']} steps, "
+                        f"train {st['train']} / held out {st['held_out']}")
+        s = res.get(task, {}).get("progress_net")
+        if s:
+            rows.append(f"{task} by kind (held out): " + ", ".join(
+                f"{k}: P(success) {_fmt(v['success_prob'])}, final progress {_fmt(v['final_progress'])}"
+                for k, v in sorted(s["by_kind"].items())))
+    g = res.get("gvl_loopback")
+    if g:
+        rows.append("\nGVL loopback: " + ", ".join(f"{k}: {v['episodes_per_minute']:.0f} episodes/min "
+                                                   f"(max in flight {v['max_in_flight_seen_by_server']})"
+                                                   for k, v in g.items()))
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="data,fit,score,clip,gvl")
@@ -131,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1200, help="progress-network training steps")
     ap.add_argument("--clip", default=None, help="local CLIP/SigLIP directory (default: a tiny random one)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--report", action="store_true", help="print the finished figures as a table and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(json.loads((Path(args.out) if args.out else RESULTS / "bench_rewards.json").read_text())))
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

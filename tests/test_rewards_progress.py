@@ -99,8 +99,8 @@ def test_progress_net_ranks_stalled_near_miss_below_success(lift_store, tmp_path
         ends[e] = (store.episode_info(e).success, sc.success, float(sc.progress[-1]))
     succ = [v for v in ends.values() if v[0]]
     fail = [v for v in ends.values() if not v[0]]
-    assert max(f[1] for f in fail) < min(x[1] for x in succ)
-    assert np.mean([f[2] for f in fail]) < np.mean([x[2] for x in succ])
+    assert max(f[1] for f in fail) < min(x[1] for x in succ), ends
+    assert np.mean([f[2] for f in fail]) < np.mean([x[2] for x in succ]), ends
     assert (out / "scores.json").exists() and (out / "curves.png").exists()
 
     # the RL loop's gate: refused with the figures unless forced

@@ -331,9 +331,11 @@ class GVLClient:
         self.stats.add(episodes_done=1, episodes_missing=int(res.missing > 0))
         return res
 
-    def label_iter(self, items: Iterable[tuple[np.ndarray, str]]) -> Iterator[tuple[int, GVLResult]]:
+    def label_iter(self, items: Iterable[tuple[np.ndarray, str]],
+                   heartbeat: float | None = None) -> Iterator[tuple[int, GVLResult | None]]:
         """(index, result) for each (frames, task) as they finish, ``concurrency`` at a time; items are
-        drawn lazily, so a long list of episodes is never all in memory."""
+        drawn lazily, so a long list of episodes is never all in memory. With ``heartbeat``, also
+        (-1, None) every that many seconds while waiting, for live progress displays."""
         it = iter(enumerate(items))
         with ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="gvl") as pool:
             pending: dict[Future, int] = {}
@@ -348,7 +350,9 @@ class GVLClient:
                     pending[pool.submit(self.label, frames, task)] = i
                 if not pending:
                     return
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=heartbeat, return_when=FIRST_COMPLETED)
+                if not done:
+                    yield -1, None
                 for fut in done:
                     i = pending.pop(fut)
                     try:
@@ -361,7 +365,8 @@ class GVLClient:
     def label_many(self, items: Sequence[tuple[np.ndarray, str]]) -> list[GVLResult]:
         out: list[GVLResult | None] = [None] * len(items)
         for i, r in self.label_iter(items):
-            out[i] = r
+            if r is not None:
+                out[i] = r
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ request
@@ -594,7 +599,10 @@ def label_store(data: str | Path, cfg: GVLConfig, episodes: Sequence[int] | None
             for e in todo:
                 yield store.read_episode(e, [key])[key], store.episode_info(e).task
 
-        for i, r in client.label_iter(gen()):
+        for i, r in client.label_iter(gen(), heartbeat=0.5 if on_update else None):
+            if r is None:  # nothing finished yet: refresh the display (requests in flight, retries)
+                on_update(summary, client.stats, len(todo))  # type: ignore[misc]
+                continue
             e = todo[i]
             if r.missing == len(r.steps) and len(r.steps):
                 summary.failed += 1

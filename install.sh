@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs robolearn and everything it needs on a fresh Debian/Ubuntu machine (Python >= 3.11).
 #   bash install.sh          # the package
-#   bash install.sh --test   # plus the test tools
+#   bash install.sh --test   # plus the test tools and the optional backends the tests cover
 set -euo pipefail
 cd "$(dirname "$0")"
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+[ "${1:-}" = "--test" ] && extras="[test,clip]"
 
 # System libraries: Mesa EGL/OSMesa for headless MuJoCo rendering, libGL/glib for OpenCV,
 # libusb for RealSense cameras.

@@ -53,6 +53,9 @@ class RecordConfig:
     # is always this process.
     workers: int = 0
     task: str | None = None  # task text for rigs that do not know their task (real robots)
+    # A perturbed expert (robolearn.sim.perturb: noise, early_release, stall) to record failures on
+    # demand; its attempts are kept whatever their outcome and count towards ``episodes``.
+    perturb: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -67,6 +70,8 @@ class RecordConfig:
         if len(set(cams)) != len(cams):
             raise UserError(f"--cameras lists a camera twice: {','.join(cams)}")
         self.cameras = cams
+        if self.perturb is not None:
+            make_teleop(self.teleop, perturb=self.perturb)  # an unknown kind fails before any work
 
     @property
     def is_sim(self) -> bool:
@@ -213,7 +218,7 @@ class _Collector:
         self.rig: Rig = make_rig(cfg.rig, **cfg.rig_options())
         try:
             self.rig.connect()
-            self.teleop = make_teleop(cfg.teleop)
+            self.teleop = make_teleop(cfg.teleop, perturb=cfg.perturb)
             self.teleop.connect(self.rig)
         except BaseException:
             self.rig.close()
@@ -226,11 +231,12 @@ class _Collector:
         ep = run_episode(self.rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop)
         t1 = time.perf_counter()
         success = bool(ep.success) if self.operator.mark is None else self.operator.mark
-        keep = not self.operator.discard and (success or self.cfg.keep_failures)
+        keep = not self.operator.discard and (success or self.cfg.keep_failures or bool(self.cfg.perturb))
         deferred = self.rig.fill_deferred(ep.control) if keep else {}
         features = {**self.rig.features, **self.rig.deferred_streams}
         rig = self.rig
-        return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.clocks, rig.task_text,
+        notes = {**rig.episode_notes(), **self.teleop.episode_notes()}
+        return Attempt(ep, deferred, features, rig.action_feature, notes, rig.clocks, rig.task_text,
                        rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1)
 
     def close(self) -> None:
@@ -353,7 +359,8 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
                     summary.failures_kept += 1
             if progress:
                 progress(summary)
-            if summary.successes >= cfg.episodes or summary.attempts >= max_attempts:
+            done = summary.committed if cfg.perturb else summary.successes
+            if done >= cfg.episodes or summary.attempts >= max_attempts:
                 break
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -35,7 +35,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = RecordConfig(
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
-        codec=args.codec, workers=args.workers, task=args.task,
+        codec=args.codec, workers=args.workers, task=args.task, perturb=args.perturb,
     )
     bars: list = []
 
@@ -56,7 +56,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         f"rollout {s.rollout_seconds:.1f}s, render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)"
         + (" — interrupted, the episode in progress was dropped" if s.interrupted else "")
     )
-    if s.successes < cfg.episodes and not s.interrupted:
+    if s.successes < cfg.episodes and not s.interrupted and not cfg.perturb:
         print(f"warning: only {s.successes} of {cfg.episodes} attempts succeeded within the attempt limit", file=sys.stderr)
     return 130 if s.interrupted else 0
 
@@ -139,6 +139,193 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- reward
+
+
+def _episodes(text: str | None) -> list[int] | None:
+    """``0-9,12`` -> [0, ..., 9, 12]; None keeps every episode."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in _csv(text):
+            a, _, b = part.partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise UsageError(f"--episodes: expected a list like 0-9,12, got {text!r}") from None
+    return out
+
+
+def _gvl_kwargs(args: argparse.Namespace) -> dict:
+    import os
+    from pathlib import Path
+
+    cache = args.cache or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robolearn" / "gvl")
+    return dict(model=args.model or "", api_key=args.api_key, n_frames=args.n_frames, concurrency=args.concurrency,
+                rate_limit=args.rate_limit, timeout=args.timeout, retries=args.retries,
+                image_size=args.vlm_image_size, cache_dir=None if args.cache == "none" else cache)
+
+
+def cmd_reward_label(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from robolearn.rewards.gvl import GVLConfig, GVLError, label_store
+
+    if args.backend != "gvl":
+        raise UsageError(f"reward label: unknown --backend {args.backend!r} (available: gvl)")
+    if args.api_key:
+        print("warning: --api-key is visible to other users in the process list; prefer ROBOLEARN_VLM_API_KEY",
+              file=sys.stderr)
+    kw = _gvl_kwargs(args)
+    examples = _episodes(args.examples) or []
+    if examples:
+        from robolearn.rewards.gvl import examples_from_store
+
+        kw["examples"] = examples_from_store(args.data, examples, args.camera, kw["n_frames"])
+    cfg = GVLConfig(endpoint=args.endpoint or "", **kw)
+    eps = _episodes(args.episodes)
+    bar: list = []
+
+    def update(summary, stats, total):  # noqa: ANN001, ANN202
+        if not bar:
+            bar.append(tqdm(total=total, desc="reward label", unit="ep", file=sys.stderr, disable=args.quiet))
+        st = stats.snapshot()
+        bar[0].n = summary.labelled + summary.failed
+        bar[0].set_postfix(in_flight=st["in_flight"], retries=st["retries"], reasks=st["reasks"],
+                           cache_hits=st["cache_hits"], failed=summary.failed, refresh=False)
+        bar[0].refresh()
+
+    try:
+        s = label_store(args.data, cfg, episodes=eps, camera=args.camera, column=args.column,
+                        overwrite=args.overwrite, on_update=update, skip=examples)
+    except GVLError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        if bar:
+            bar[0].close()
+    print(f"{args.data}: {s.labelled} labelled, {s.skipped} already labelled, {s.partial} with missing frames, "
+          f"{s.failed} failed (left unlabelled; re-run to retry) in {s.seconds:.1f}s")
+    for err in s.errors[:5]:
+        print(f"  {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_reward_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robolearn.rewards.progress_net import FitConfig, fit
+
+    if not Path(args.data).exists():
+        raise UsageError(f"no store at {args.data}: record one first (robolearn record ... --out {args.data})")
+    cfg = FitConfig(data=args.data, out=args.out, steps=args.steps, camera=args.camera, from_labels=args.from_labels,
+                    holdout=args.holdout, seed=args.seed, label_column=args.column)
+    res = fit(cfg, progress=not args.quiet)
+    print(f"{args.out}: held-out VOC {_f(res.get('voc'))}, reversed {_f(res.get('voc_reversed'))}, "
+          f"AUROC {_f(res.get('auroc'))} ({res['n_success']} successes, {res['n_failure']} failures) "
+          f"in {res['seconds']:.0f}s")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def cmd_reward_score(args: argparse.Namespace) -> int:
+    from robolearn.rewards import GateConfig, check_gate, load_reward
+    from robolearn.rewards.gvl import GVLError
+    from robolearn.rewards.metrics import score_store
+
+    kw = _gvl_kwargs(args) if args.reward.startswith("gvl:") else {}
+    model = load_reward(args.reward, **kw)
+    try:
+        s = score_store(model, args.data, args.out, episodes=_episodes(args.episodes), camera=args.camera,
+                        plots=args.plots)
+    except GVLError as e:
+        raise UsageError(str(e)) from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gate's verdict is printed below, once
+        fails = check_gate(s, GateConfig(args.min_voc, args.min_auroc), force=True, what=args.reward)
+    print(f"{args.out}/scores.json: VOC {_f(s['voc'])}, reversed {_f(s['voc_reversed'])}, AUROC {_f(s['auroc'])} "
+          f"({s['n_success']} successes, {s['n_failure']} failures), {s['ms_per_frame']:.2f} ms/frame"
+          + (f"; below the gate: {'; '.join(fails)}" if fails else "; passes the gate"))
+    return 0
+
+
+def cmd_reward_check(args: argparse.Namespace) -> int:
+    from robolearn.rewards import GateConfig, load_gated_reward
+
+    load_gated_reward(args.reward, scores=args.scores, gate=GateConfig(args.min_voc, args.min_auroc),
+                      force=args.force, **(_gvl_kwargs(args) if args.reward.startswith("gvl:") else {}))
+    print(f"{args.reward}: passes the gate (VOC >= {args.min_voc}, AUROC >= {args.min_auroc})"
+          + (" or forced" if args.force else ""))
+    return 0
+
+
+def _add_gvl_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="VLM model name (or ROBOLEARN_VLM_MODEL)")
+    p.add_argument("--api-key", default=None, help="API key (prefer the ROBOLEARN_VLM_API_KEY environment variable)")
+    p.add_argument("--n-frames", type=int, default=16, help="frames judged per episode (default 16)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    p.add_argument("--rate-limit", type=float, default=0.0, help="requests per second at most (default: no limit)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument("--retries", type=int, default=4, help="retries of failed requests (default 4)")
+    p.add_argument("--vlm-image-size", type=int, default=None, help="resize frames before sending (default: as stored)")
+    p.add_argument("--cache", default=None, help="answer cache directory (default ~/.cache/robolearn/gvl; 'none' disables)")
+
+
+def _add_reward_parser(sub: argparse._SubParsersAction) -> None:
+    rw = sub.add_parser("reward", help="dense rewards from task progress: label, fit, score, check")
+    rsub = rw.add_subparsers(dest="reward_command", required=True, metavar="SUBCOMMAND")
+
+    lb = rsub.add_parser("label", help="write per-frame VLM progress labels into a store (resumable)")
+    lb.add_argument("--data", required=True, help="demonstration store")
+    lb.add_argument("--backend", default="gvl", help="labeller: gvl (an OpenAI-compatible VLM endpoint)")
+    lb.add_argument("--endpoint", default=None, help="e.g. http://127.0.0.1:8000/v1 (or ROBOLEARN_VLM_ENDPOINT)")
+    lb.add_argument("--episodes", default=None, help="episodes to label, e.g. 0-49,60 (default: all)")
+    lb.add_argument("--camera", default=None, help="camera to judge (default: the first one)")
+    lb.add_argument("--column", default="progress", help="column to write (default progress)")
+    lb.add_argument("--examples", default=None, help="successful episodes shown as in-context examples, e.g. 0,5")
+    lb.add_argument("--overwrite", action="store_true", help="relabel episodes labelled with the same model")
+    lb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_gvl_args(lb)
+    lb.set_defaults(func=cmd_reward_label)
+
+    ft = rsub.add_parser("fit", help="train the progress network on a store")
+    ft.add_argument("--data", required=True, help="demonstration store (successes and failures)")
+    ft.add_argument("--out", required=True, help="reward model directory")
+    ft.add_argument("--from-labels", action="store_true", help="distil the store's VLM progress labels")
+    ft.add_argument("--column", default="progress", help="label column for --from-labels (default progress)")
+    ft.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    ft.add_argument("--camera", default=None, help="camera (default: the first one)")
+    ft.add_argument("--holdout", type=float, default=0.25, help="fraction of episodes held out for the figures")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=cmd_reward_fit)
+
+    sc = rsub.add_parser("score", help="VOC, reversed VOC, AUROC and progress plots of a reward model")
+    sc.add_argument("--reward", required=True, help="REWARD directory, gvl:URL or clip:PATH")
+    sc.add_argument("--data", required=True, help="demonstration store")
+    sc.add_argument("--out", required=True, help="output directory (scores.json, *.png)")
+    sc.add_argument("--episodes", default=None, help="episodes to score, e.g. 0-49 (default: all)")
+    sc.add_argument("--camera", default=None, help="camera (default: the first one)")
+    sc.add_argument("--plots", type=int, default=12, help="episodes plotted one by one (default 12)")
+    sc.add_argument("--min-voc", type=float, default=0.9, help="gate thresholds reported (default 0.9)")
+    sc.add_argument("--min-auroc", type=float, default=0.9)
+    _add_gvl_args(sc)
+    sc.set_defaults(func=cmd_reward_score)
+
+    ck = rsub.add_parser("check", help="the RL loop's gate: refuse a reward model below the thresholds")
+    ck.add_argument("--reward", required=True, help="REWARD directory, gvl:URL or clip:PATH")
+    ck.add_argument("--scores", default=None, help="a `reward score` output directory (default: the model's own)")
+    ck.add_argument("--min-voc", type=float, default=0.9)
+    ck.add_argument("--min-auroc", type=float, default=0.9)
+    ck.add_argument("--force", action="store_true", help="accept a model below the thresholds, with a warning")
+    _add_gvl_args(ck)
+    ck.set_defaults(func=cmd_reward_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
     p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
@@ -160,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--codec", default="qoi", choices=["qoi", "jpeg"], help="image codec: qoi (lossless) or jpeg")
     r.add_argument("--workers", type=int, default=0,
                    help="processes running attempts (default: one per core, at most 4)")
+    r.add_argument("--perturb", default=None, choices=["noise", "early_release", "stall"],
+                   help="perturb the expert so attempts fail (kept, counted by --episodes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_record)
 
@@ -212,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
+    _add_reward_parser(sub)
     return p
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from robolearn.errors import UserError
+from robolearn.errors import MissingFileError, UserError
 from robolearn.eval.report import wilson_interval, write_mp4
 
 EVAL_SEED_BASE = 1_000_000  # far from the recording seeds (0, 1, 2, ...), so eval states are unseen
@@ -68,7 +68,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         steps = sorted((c for c in ckpts.iterdir() if (c / "config.json").is_file()), key=lambda c: c.name)
         if steps:
             return steps[-1]
-    raise FileNotFoundError(f"no checkpoint at {p}: expected a checkpoint directory or a run with checkpoints/")
+    raise MissingFileError(f"no checkpoint at {p}: expected a checkpoint directory or a run with checkpoints/")
 
 
 def resolve_device(device: str) -> str:

@@ -14,13 +14,16 @@ __all__ = ["Event", "Teleoperator", "make_teleop"]
 TELEOPS = ("expert",)
 
 
-def make_teleop(name: str) -> Teleoperator:
-    """A teleoperator by name: ``expert`` (scripted, simulation only), or ``package.module:Class`` for
-    one of your own (a :class:`Teleoperator` subclass taking no arguments)."""
+def make_teleop(name: str, perturb: str | None = None) -> Teleoperator:
+    """A teleoperator by name: ``expert`` (scripted, simulation only; ``perturb`` makes it fail on
+    purpose), or ``package.module:Class`` for one of your own (a :class:`Teleoperator` subclass taking
+    no arguments)."""
     if name == "expert":
         from robolearn.teleop.expert import ExpertTeleop
 
-        return ExpertTeleop()
+        return ExpertTeleop(perturb=perturb)
+    if perturb is not None:
+        raise UserError(f"--perturb works with the scripted expert only, not teleoperator {name!r}")
     if ":" in name:
         import importlib
 

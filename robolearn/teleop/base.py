@@ -49,6 +49,10 @@ class Teleoperator(ABC):
         """Operator events since the last call (none for a scripted operator)."""
         return ()
 
+    def episode_notes(self) -> dict:
+        """Facts about the last episode to keep in the store (e.g. a scripted perturbation)."""
+        return {}
+
     @property
     def done(self) -> bool:
         """A scripted operator that has finished its script says so; humans end episodes with events."""

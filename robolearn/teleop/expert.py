@@ -17,7 +17,16 @@ class ExpertTeleop(Teleoperator):
 
     name = "expert"
 
-    def __init__(self) -> None:
+    def __init__(self, perturb: str | None = None, perturb_params: dict | None = None) -> None:
+        """``perturb`` (``noise``, ``early_release``, ``stall``; see :mod:`robolearn.sim.perturb`) makes
+        the expert fail on purpose, for reward models that must tell failures from successes."""
+        if perturb is not None:
+            from robolearn.sim.perturb import PERTURBATIONS
+
+            if perturb not in PERTURBATIONS:
+                raise UserError(f"unknown --perturb {perturb!r}; expected one of {', '.join(PERTURBATIONS)}")
+        self.perturb = perturb
+        self.perturb_params = dict(perturb_params or {})
         self._rig = None
         self._expert = None
 
@@ -44,6 +53,12 @@ class ExpertTeleop(Teleoperator):
         if self._rig is None:
             raise RuntimeError("connect() the expert to a rig first")
         self._expert = make_expert(self._rig.task.expert, np.random.default_rng(seed))
+        if self.perturb:
+            from robolearn.sim.perturb import perturb
+
+            # Its own stream, so the expert's demonstration variation stays that of the unperturbed seed.
+            self._expert = perturb(self._expert, self.perturb, np.random.default_rng([seed or 0, 1]),
+                                   **self.perturb_params)
         self._expert.reset(self._rig.env)
 
     def act(self, observation: Observation) -> tuple[np.ndarray, bool]:
@@ -53,4 +68,11 @@ class ExpertTeleop(Teleoperator):
 
     @property
     def done(self) -> bool:
-        return bool(self._expert is not None and self._expert.done)
+        # A perturbed expert gives up a failed attempt early rather than stalling to the horizon.
+        e = self._expert
+        return bool(e is not None and (e.done or getattr(e, "gave_up", False)))
+
+    def episode_notes(self) -> dict:
+        if self.perturb and self._expert is not None:
+            return {"perturb": self._expert.describe()}
+        return {}

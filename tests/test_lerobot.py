@@ -160,6 +160,8 @@ def make_lerobot_dataset(root: Path) -> None:
         "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]},
         "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]},
         "observation.images.front": {"dtype": "video", "shape": (H, W, 3), "names": ["height", "width", "channels"]},
+        # a camera kept as PNG images in the parquet files rather than as a video
+        "observation.images.wrist": {"dtype": "image", "shape": (H, W, 3), "names": ["height", "width", "channels"]},
         "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
     }
     ds = LR["LeRobotDataset"].create("someone/so100_test", fps=15, features=feats, root=root, robot_type="so100")
@@ -169,7 +171,8 @@ def make_lerobot_dataset(root: Path) -> None:
         video = smooth_frames(n, e)
         for t in range(n):
             ds.add_frame({"observation.state": state[t], "action": state[min(t + 1, n - 1)] - state[t],
-                          "observation.images.front": video[t], "next.reward": np.array([t / n], np.float32),
+                          "observation.images.front": video[t], "observation.images.wrist": video[n - 1 - t],
+                          "next.reward": np.array([t / n], np.float32),
                           "task": "put the block in the bowl" if e % 2 else "stack the blocks"})
         scalars_as_0d(ds)  # lerobot 0.4 + NumPy 2.4 cannot save (1,) features otherwise (see its docstring)
         ds.save_episode()
@@ -184,8 +187,9 @@ def test_import_dataset_written_by_lerobot_then_train(tmp_path):
     rep = import_lerobot(src, tmp_path / "imported.zarr")
     assert (rep.episodes, rep.frames, rep.fps) == (4, 156, 15)
     s = DemoStore.open(tmp_path / "imported.zarr")
-    assert set(s.streams) == {CONTROL_STREAM, "front"}
-    assert set(s.keys) == {"action", "state", "front_image"}
+    assert set(s.streams) == {CONTROL_STREAM, "front", "wrist"}
+    assert set(s.keys) == {"action", "state", "front_image", "wrist_image"}
+    np.testing.assert_array_equal(s.read("wrist_image", 1), smooth_frames(33, 1)[::-1])  # PNG: lossless
     np.testing.assert_array_equal(s.episode_lengths(), [40, 33, 45, 38])
     assert [i.task for i in s.episodes()] == ["stack the blocks", "put the block in the bowl"] * 2
     assert s.episode_info(0).rig == "so100" and s.episode_info(0).fps == 15

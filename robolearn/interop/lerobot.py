@@ -92,6 +92,9 @@ def lerobot_modules() -> dict[str, Any]:
     """lerobot's dataset class and video decoder, imported offline (nothing is fetched from a hub)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        import datasets
+
+        datasets.disable_progress_bars()  # one "Map" bar per episode otherwise
         _import_torchvision()
         import lerobot
         from lerobot.datasets.lerobot_dataset import LeRobotDataset

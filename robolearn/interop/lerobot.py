@@ -126,7 +126,7 @@ def scalars_as_0d(ds: Any) -> None:
 
     lerobot 0.4 validates such features as (1,) arrays in ``add_frame`` but then hands them to
     ``datasets.Value``, which calls ``float()`` on each; NumPy >= 2.4 refuses ``float()`` of a 1-element
-    1-D array. lerobot >= 0.5 sidesteps this by pinning numpy < 2.3, which the core cannot follow."""
+    1-D array. (lerobot >= 0.5 pins numpy < 2.3; the core runs NumPy 2.4.)"""
     for key, ft in ds.features.items():
         if tuple(ft.get("shape") or ()) == (1,) and ft["dtype"] not in ("image", "video", "string") \
                 and key in ds.episode_buffer and key not in LEROBOT_INTERNAL:

@@ -52,7 +52,7 @@ if [ "$lerobot" = 1 ]; then
       # importable-but-broken torchvision breaks other libraries (transformers' image processors). Keep it
       # outside site-packages; robolearn.interop adds it for lerobot alone.
       tvdir=$("$py" -c "from robolearn.interop.lerobot import TORCHVISION_DIR; print(TORCHVISION_DIR)")
-      rm -rf "$tvdir" && "${pip[@]}" --no-deps --target "$tvdir" "torchvision==0.$((minor + 15)).*"
+      [ -d "$tvdir/torchvision" ] || "${pip[@]}" --no-deps --target "$tvdir" "torchvision==0.$((minor + 15)).*"
     else
       "${pip[@]}" --no-deps "torchvision==0.$((minor + 15)).*"
     fi

@@ -85,6 +85,39 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robolearn.interop.lerobot import export_lerobot
+
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}")
+    print(export_lerobot(args.store, args.out, repo_id=args.repo_id).summary())
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from robolearn.interop.lerobot import import_lerobot
+
+    print(import_lerobot(args.src, args.out, source=args.source).summary())
+    return 0
+
+
+def _add_interop_parsers(dsub: argparse._SubParsersAction) -> None:
+    x = dsub.add_parser("export", help="write a store as a LeRobot v3.0 dataset (videos, stats, tasks)")
+    x.add_argument("store")
+    x.add_argument("--to", required=True, choices=["lerobot"], help="target format")
+    x.add_argument("--out", required=True, help="new dataset directory")
+    x.add_argument("--repo-id", default=None, help="dataset name OWNER/NAME (default robolearn/<store name>)")
+    x.set_defaults(func=cmd_data_export)
+    i = dsub.add_parser("import", help="copy a LeRobot v3.0 dataset (directory or cached repo id) into a new store")
+    i.add_argument("src", metavar="DIR_OR_REPO_ID")
+    i.add_argument("--out", required=True, help="new store directory")
+    i.add_argument("--source", default="teleop", choices=["expert", "teleop", "policy", "rl"],
+                   help="what the episodes are recorded as (default teleop)")
+    i.set_defaults(func=cmd_data_import)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -363,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--max-lag", type=float, default=None, metavar="SECONDS",
                     help="also flag ticks where a camera stream has no frame this recent (a stalled camera)")
     dv.set_defaults(func=cmd_data_verify)
+    _add_interop_parsers(dsub)
 
     t = sub.add_parser("train", help="train a diffusion or flow policy on a store")
     t.add_argument("--recipe", required=True,

@@ -1,0 +1,1 @@
+"""Interoperability with other robot-learning formats. Imports ``robolearn.data``, never the reverse."""

@@ -134,3 +134,18 @@ def _kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise KeyError(f"unknown resource kind {kind!r}; use one of {', '.join(KINDS)}")
     return KINDS[kind]
+
+
+def load_class(spec: str, base: type, what: str) -> type:
+    """The class named ``package.module:Class`` (a user's own expert, teleoperator, ...), checked to be
+    a subclass of ``base``; a one-line UserError naming ``what`` otherwise."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"{what} {spec!r} cannot be loaded: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UserError(f"{what} {spec!r} is not a {base.__module__}.{base.__name__} subclass")
+    return cls

@@ -493,16 +493,9 @@ EXPERTS: dict[str, type[Expert]] = {
 def make_expert(name: str, rng: np.random.Generator) -> Expert:
     """The scripted expert a task definition names: a key of ``EXPERTS`` or ``package.module:Class``."""
     if ":" in name:
-        import importlib
+        from robolearn.resources import load_class
 
-        module, _, cls_name = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"expert {name!r} cannot be loaded: {e}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Expert)):
-            raise UserError(f"expert {name!r} is not a robolearn.sim.experts.Expert subclass")
-        return cls(rng)
+        return load_class(name, Expert, "expert")(rng)
     if name not in EXPERTS:
         raise UserError(f"no scripted expert {name!r}; available: {', '.join(EXPERTS)} or package.module:Class")
     return EXPERTS[name](rng)

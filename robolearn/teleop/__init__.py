@@ -25,14 +25,7 @@ def make_teleop(name: str, perturb: str | None = None) -> Teleoperator:
     if perturb is not None:
         raise UserError(f"--perturb works with the scripted expert only, not teleoperator {name!r}")
     if ":" in name:
-        import importlib
+        from robolearn.resources import load_class
 
-        module, _, cls_name = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"teleoperator {name!r} cannot be loaded: {e}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Teleoperator)):
-            raise UserError(f"teleoperator {name!r} is not a robolearn.teleop.Teleoperator subclass")
-        return cls()
+        return load_class(name, Teleoperator, "teleoperator")()
     raise UserError(f"unknown teleoperator {name!r}; available: {', '.join(TELEOPS)} or package.module:Class")

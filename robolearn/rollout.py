@@ -4,6 +4,11 @@
 observe -> act -> send the action, keeping every stream's new samples with both clocks, the executed
 actions and intervention flags, until success (plus ``hold_steps``), the rig's limit, the controller
 finishing, or a stop request.
+
+A real-time rig (``rig.realtime``) is paced at its ``control_hz`` on the wall clock; a simulator runs
+as fast as it can. A rig whose streams run on their own clocks gives every new sample through
+``rig.new_samples()`` (all camera frames, not only the one seen at a tick); ``sink`` takes those as
+they arrive (to stream them to disk) instead of keeping them in the returned episode.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import time
+
 import numpy as np
 
-from robolearn.rigs.base import Observation, Rig, StepResult
+from robolearn.rigs.base import Observation, Rig, Sample, StepResult
 
 
 class Controller(Protocol):
@@ -61,6 +68,8 @@ class Episode:
     truncated: bool
     stopped: bool  # ended by the stop callback (an operator event, a safety stop)
     info: dict[str, Any] = field(default_factory=dict)
+    # Wall-clock start of every tick (time.monotonic), for the loop's period and jitter.
+    tick_times: np.ndarray | None = None
 
     @property
     def control(self) -> dict[str, np.ndarray]:
@@ -75,12 +84,17 @@ def run_episode(
     hold_steps: int = 0,
     stop: Callable[[int, StepResult], bool] | None = None,
     on_step: Callable[[int, Observation, np.ndarray, StepResult], None] | None = None,
+    sink: Callable[[str, Sample], None] | None = None,
+    realtime: bool | None = None,
 ) -> Episode:
     """Run one episode of ``controller`` on ``rig`` (see the module docstring).
 
     ``hold_steps``: ticks kept after the task first succeeds, so demonstrations also show what "done"
     looks like. ``stop(step, result)`` is polled after every tick. A camera sample is kept only when it
-    is new (its device time changed), so streams keep their own rates."""
+    is new (its device time changed), so streams keep their own rates; rigs with ``new_samples`` give
+    every sample. ``sink(stream, sample)`` receives the non-control samples instead of the episode.
+    ``realtime`` (default: ``rig.realtime``) paces ticks at ``rig.control_hz``; a tick that overruns
+    its slot is not made up for with a burst: the next one starts at the next slot."""
     from robolearn.features import CONTROL_STREAM
 
     limit = max_steps if max_steps is not None else rig.max_steps
@@ -88,7 +102,7 @@ def run_episode(
         raise ValueError(f"{rig.name}: the rig sets no episode limit; pass max_steps")
     obs = rig.reset(seed)
     controller.reset(getattr(rig, "last_seed", seed))
-    rows: dict[str, StreamRows] = {s: StreamRows() for s in obs}
+    rows: dict[str, StreamRows] = {s: StreamRows() for s in obs if sink is None or s == CONTROL_STREAM}
     last_t: dict[str, float] = {}
     actions: list[np.ndarray] = []
     interventions: list[bool] = []
@@ -97,14 +111,41 @@ def run_episode(
     success_at: int | None = None
     truncated = stopped = False
     result = StepResult()
+    paced = rig.realtime if realtime is None else realtime
+    period = 1.0 / rig.control_hz if paced else 0.0
+    ticks: list[float] = []
+    t_next = time.monotonic()
+
+    def keep(stream: str, sample: Sample) -> None:
+        if sink is not None:
+            sink(stream, sample)
+        else:
+            rows.setdefault(stream, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
+
     for step in range(limit):
+        if paced:
+            now = time.monotonic()
+            if t_next > now:
+                time.sleep(t_next - now)
+            elif now - t_next > period:  # overran by more than a slot: skip ahead, no burst
+                t_next = now
+            t_next += period
+            if step:  # observe at the start of the slot: the freshest state, not one a period old
+                obs = rig.observe()
+        ticks.append(time.monotonic())
         action, intervening = controller.act(obs)
         action = np.asarray(action, dtype=np.float32)
+        fresh = rig.new_samples()
         for s, sample in obs.items():
             # Control rows are one per tick; other streams only when a new sample arrived.
-            if s == CONTROL_STREAM or last_t.get(s) != sample.t_device:
-                rows.setdefault(s, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
+            if s == CONTROL_STREAM:
+                rows[s].add(sample.t_device, sample.t_host, dict(sample.values))
+            elif fresh is None and last_t.get(s) != sample.t_device:
+                keep(s, sample)
                 last_t[s] = sample.t_device
+        for s, samples in (fresh or {}).items():
+            for sample in samples:
+                keep(s, sample)
         actions.append(action)
         interventions.append(bool(intervening))
         result = rig.send_action(action)
@@ -115,7 +156,8 @@ def run_episode(
             success = bool(success) or result.success
             if result.success and success_at is None:
                 success_at = step + 1
-        obs = rig.observe()
+        if not paced:
+            obs = rig.observe()
         if success_at is not None and step + 1 >= success_at + hold_steps:
             break
         if result.truncated:
@@ -131,4 +173,5 @@ def run_episode(
     return Episode(streams=streams, intervention=np.asarray(interventions, bool), success=success,
                    success_at=success_at, steps=len(actions),
                    step_success=np.asarray(step_success, bool) if len(step_success) == len(actions) else None, seed=getattr(rig, "last_seed", seed),
-                   truncated=truncated, stopped=stopped, info=dict(result.info))
+                   truncated=truncated, stopped=stopped, info=dict(result.info),
+                   tick_times=np.asarray(ticks, np.float64))

@@ -6,7 +6,6 @@ builds a real one from its rig file.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from robolearn.errors import UserError
@@ -21,6 +20,10 @@ def rig_class(spec: str) -> type[Rig]:
         from robolearn.rigs.sim import SimRig
 
         return SimRig
+    if spec.endswith((".yaml", ".yml")):
+        from robolearn.rigs.hardware import HardwareRig
+
+        return HardwareRig
     return Rig
 
 
@@ -42,7 +45,12 @@ def make_rig(spec: str, **options: Any) -> Rig:
             options["cameras"] = tuple(options["cameras"])
         return SimRig(SimRigConfig(task=task, **options))
     if spec.endswith((".yaml", ".yml")):
-        if not Path(spec).is_file():
-            raise UserError(f"rig file not found: {spec}")
-        raise UserError(f"{spec}: hardware rig files are not supported by this version yet; use sim:<task>")
+        if options:
+            raise UserError(f"rig files carry their own settings; {sorted(options)} apply to sim:<task> rigs only")
+        from robolearn.resources import resolve
+
+        resolve("rig", spec)  # a missing file fails here, before the hardware modules load
+        from robolearn.rigs.hardware import HardwareRig, load_rig_config
+
+        return HardwareRig(load_rig_config(spec), spec)
     raise UserError(f"unknown rig {spec!r}: use sim:<task> (e.g. sim:lift) or a rig file hardware/<rig>.yaml")

@@ -14,7 +14,9 @@ produces the same episodes as one that never stopped, for any number of worker p
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -27,7 +29,7 @@ import numpy as np
 from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, Feature, SchemaError
 from robolearn.data.store import DemoStore
 from robolearn.errors import UserError
-from robolearn.rigs import Rig, make_rig, rig_class
+from robolearn.rigs import Rig, RigError, Sample, make_rig, rig_class
 from robolearn.rollout import Episode, run_episode
 from robolearn.teleop import Event, Teleoperator, make_teleop
 
@@ -39,7 +41,8 @@ class RecordConfig:
     rig: str
     out: str
     episodes: int = 10
-    teleop: str = "expert"
+    # Who drives: None picks the sim expert for sim:<task>, the rig file's teleop.device for a real rig.
+    teleop: str | None = None
     cameras: Sequence[str] = ()
     image_size: int = 84
     depth: bool = False
@@ -53,8 +56,12 @@ class RecordConfig:
     # is always this process.
     workers: int = 0
     task: str | None = None  # task text for rigs that do not know their task (real robots)
+    # A live status line on stderr for real-time rigs (episode, rate and drops per stream).
+    status: bool = True
 
     def __post_init__(self) -> None:
+        if self.teleop is None:
+            self.teleop = "expert" if self.is_sim else _rig_file_device(self.rig)
         if self.episodes < 1:
             raise UserError(f"--episodes must be at least 1, got {self.episodes}")
         if not 8 <= self.image_size <= 1024:
@@ -93,11 +100,25 @@ class RecordSummary:
     render_seconds: float = 0.0
     write_seconds: float = 0.0
     interrupted: bool = False
+    error: str | None = None  # a device failed (a camera stalled, the arm faulted): the run stopped
     episode_indices: list[int] = field(default_factory=list)
+    # Real-time rigs: control-loop tick periods (seconds) of the recorded episodes, frames per stream.
+    tick_periods: list[float] = field(default_factory=list)
+    frames: dict[str, int] = field(default_factory=dict)
+    dropped_frames: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds else 0.0
+
+
+def _rig_file_device(spec: str) -> str:
+    """The teleop device a rig file names (read without loading its hardware modules)."""
+    from robolearn.config import read_yaml_mapping
+    from robolearn.resources import resolve
+
+    teleop = read_yaml_mapping(resolve("rig", spec), "rig file", "a rig").get("teleop") or {}
+    return str(teleop.get("device", "keyboard")) if isinstance(teleop, dict) else "keyboard"
 
 
 def _raise_interrupt(*_: object) -> None:
@@ -177,6 +198,14 @@ class Attempt:
     success: bool
     rollout_s: float
     render_s: float
+    # Real-time rigs stream their camera frames to disk during the episode: the open episode writer.
+    writer: Any = None
+    streamed: dict[str, int] = field(default_factory=dict)  # stream -> frames written live
+
+    def streams_frames(self) -> dict[str, int]:
+        """Samples per stream in this attempt."""
+        out = {s: len(rows["t_host"]) for s, rows in self.episode.streams.items()}
+        return {**out, **self.streamed}
 
 
 class _Operator:
@@ -196,42 +225,180 @@ class _Operator:
         for ev in self.teleop.events():
             if ev in (Event.SUCCESS, Event.FAILURE):
                 self.mark = ev is Event.SUCCESS
-            elif ev is Event.DISCARD:
+            elif ev in (Event.DISCARD, Event.RESET):  # a reset mid-episode drops it
                 self.discard = True
             elif ev is Event.QUIT:
                 self.quit = self.discard = True
-            if ev in (Event.KEEP, Event.SUCCESS, Event.FAILURE, Event.DISCARD, Event.QUIT):
+            if ev in (Event.KEEP, Event.SUCCESS, Event.FAILURE, Event.DISCARD, Event.RESET, Event.QUIT):
                 return True
         return False
+
+
+class _Sink:
+    """Writes a real-time rig's camera frames into the open episode as they arrive, on a thread, so
+    encoding and disk writes never stall the control loop."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.counts: dict[str, int] = {}
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="record-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, stream: str, sample: Sample) -> None:
+        if self._error is not None:
+            raise RigError(f"writing stream {stream} failed: {self._error}")
+        self.counts[stream] = self.counts.get(stream, 0) + 1
+        self._q.put((stream, sample))
+
+    @property
+    def pending(self) -> int:
+        return self._q.qsize()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            stream, sample = item
+            try:
+                self.writer.add(stream, sample.t_device, sample.t_host, **sample.values)
+            except BaseException as e:  # noqa: BLE001 - handed to the control loop
+                self._error = e
+
+    def finish(self) -> None:
+        """Wait until every queued frame is written."""
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class _Status:
+    """The live status line of a real-time recording (stderr): episode, time, rate and drops per stream."""
+
+    KEYS = "enter start | k keep | y success | n failure | x discard | r reset | esc quit"
+
+    def __init__(self, enabled: bool, every_s: float = 0.5) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.every_s = every_s if self.tty else 5.0  # a log file gets a line every few seconds
+        self._last = 0.0
+        self._mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
+
+    def line(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self.every_s):
+            return
+        self._last = now
+        print(f"\r\x1b[K{text}" if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def episode(self, n: int, t0: float, counts: dict[str, int], drops: dict[str, int], pending: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < self.every_s:
+            return
+        t_mark, before = self._mark
+        dt = max(now - t_mark, 1e-6)
+        rates = " | ".join(f"{s} {(c - before.get(s, 0)) / dt:5.1f}/s" + (f" {drops[s]} dropped" if s in drops else "")
+                           for s, c in counts.items())
+        self._mark = (now, dict(counts))
+        self.line(f"episode {n} recording {now - t0:5.1f}s | {rates} | write queue {pending}", force=True)
+
+    def done(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
 
 
 class _Collector:
     """A rig and its teleoperator, running attempts (in this process or a worker)."""
 
-    def __init__(self, cfg: RecordConfig) -> None:
+    def __init__(self, cfg: RecordConfig, store: DemoStore | None = None) -> None:
         self.cfg = cfg
+        self.store = store
         self.rig: Rig = make_rig(cfg.rig, **cfg.rig_options())
         try:
             self.rig.connect()
-            self.teleop = make_teleop(cfg.teleop)
+            settings = getattr(getattr(self.rig, "config", None), "teleop", None)
+            self.teleop = make_teleop(cfg.teleop, settings) if settings is not None else make_teleop(cfg.teleop)
             self.teleop.connect(self.rig)
         except BaseException:
             self.rig.close()
             raise
         self.operator = _Operator(self.teleop)
+        self.status = _Status(cfg.status and self.rig.realtime)
+        self.n = 0  # attempts begun
 
-    def attempt(self, seed: int | None) -> Attempt:
+    def _wait_for_start(self) -> bool:
+        """Between episodes: the operator drives the rig (not recorded) until START (True) or QUIT."""
+        rig, period = self.rig, 1.0 / self.rig.control_hz
+        obs = rig.observe()
+        t_next = time.monotonic()
+        while True:
+            for ev in self.teleop.events():
+                if ev is Event.START:
+                    return True
+                if ev is Event.QUIT:
+                    return False
+                if ev is Event.RESET:
+                    obs = rig.reset(None)
+            self.status.line(f"episode {self.n + 1}: waiting for START | {_Status.KEYS}")
+            action, _ = self.teleop.act(obs)
+            rig.send_action(np.asarray(action, np.float32))
+            t_next += period
+            time.sleep(max(0.0, t_next - time.monotonic()))
+            obs = rig.observe()
+
+    def attempt(self, seed: int | None) -> Attempt | None:
+        """One attempt; None when the operator quit instead of starting one."""
+        if not self.teleop.autostart and not self._wait_for_start():
+            self.operator.quit = True
+            return None
+        self.n += 1
         t0 = time.perf_counter()
         self.operator.reset()
-        ep = run_episode(self.rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop)
+        rig = self.rig
+        live = rig.realtime and self.store is not None
+        sink = writer = None
+        on_step = None
+        if live:
+            _declare(self.store, rig.features, rig.action_feature, self.cfg.codec)
+            writer = self.store.begin_episode()
+            sink = _Sink(writer)
+            t_start = time.monotonic()
+            drops = getattr(rig, "dropped_frames", dict)
+
+            def on_step(step: int, obs: object, action: object, result: object) -> None:
+                del obs, action, result
+                counts = {"control": step + 1, **sink.counts}
+                self.status.episode(self.n, t_start, counts, drops(), sink.pending)
+        try:
+            ep = run_episode(rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop,
+                             sink=sink.put if sink else None, on_step=on_step)
+            if sink is not None:
+                sink.finish()
+        except BaseException:
+            if sink is not None:
+                try:
+                    sink.finish()
+                except BaseException:  # noqa: BLE001 - the first error is the one to report
+                    pass
+                writer.discard()
+            raise
+        finally:
+            if live and hasattr(rig, "stop"):
+                rig.stop()  # hold the arm while the operator decides and resets
+            self.status.done()
         t1 = time.perf_counter()
         success = bool(ep.success) if self.operator.mark is None else self.operator.mark
         keep = not self.operator.discard and (success or self.cfg.keep_failures)
         deferred = self.rig.fill_deferred(ep.control) if keep else {}
         features = {**self.rig.features, **self.rig.deferred_streams}
-        rig = self.rig
+        streamed = dict(sink.counts) if sink else {}
         return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.clocks, rig.task_text,
-                       rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1)
+                       rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1, writer, streamed)
 
     def close(self) -> None:
         try:
@@ -271,15 +438,19 @@ def _worker_attempt(seed: int) -> Attempt:
     return _COLLECTOR.attempt(seed)
 
 
-def _attempts(cfg: RecordConfig, first_seed: int | None, workers: int) -> Iterator[tuple[int | None, Attempt]]:
+def _attempts(cfg: RecordConfig, first_seed: int | None, workers: int,
+              store: DemoStore | None = None) -> Iterator[tuple[int | None, Attempt]]:
     """(seed, attempt) in seed order, computed by ``workers`` processes a few seeds ahead; the caller
     stops iterating when it has enough. Rigs without seeds (real robots) run in this process."""
     if workers <= 1:
-        collector = _Collector(cfg)
+        collector = _Collector(cfg, store)
         try:
             seed = first_seed
             while True:
-                yield seed, collector.attempt(seed)
+                att = collector.attempt(seed)
+                if att is None:
+                    return
+                yield seed, att
                 if collector.operator.quit:
                     return
                 seed = None if seed is None else seed + 1
@@ -334,14 +505,24 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     # everything committed stays.
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
-    first_seed = _next_seed(store, cfg.seed) if cfg.is_sim else None
-    attempts = _attempts(cfg, first_seed, workers)
+    # Seeds pick the initial scene where a rig has one (simulators, the MuJoCo twin); real arms ignore them.
+    first_seed = _next_seed(store, cfg.seed)
+    live = rig_class(cfg.rig).realtime
+    attempts = _attempts(cfg, first_seed, workers, store if live else None)
     try:
         for seed, att in attempts:
             summary.attempts += 1
             summary.rollout_seconds += att.rollout_s
             summary.render_seconds += att.render_s
             summary.steps += att.episode.steps
+            if att.episode.tick_times is not None and live:
+                summary.tick_periods += np.diff(att.episode.tick_times).tolist()
+            for stream, n in att.streams_frames().items():
+                summary.frames[stream] = summary.frames.get(stream, 0) + n
+            for stream, n in att.notes.get("dropped_frames", {}).items():
+                summary.dropped_frames[stream] = summary.dropped_frames.get(stream, 0) + int(n)
+            if not att.keep and att.writer is not None:
+                att.writer.discard()
             if att.keep:
                 t0 = time.perf_counter()
                 summary.episode_indices.append(_write_episode(store, att, seed, cfg))
@@ -357,6 +538,8 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
                 break
     except KeyboardInterrupt:
         summary.interrupted = True
+    except RigError as e:  # a device failed: the episode in flight is dropped, the committed ones stay
+        summary.error = str(e)
     finally:
         attempts.close()
         if in_main:
@@ -366,14 +549,14 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     return summary
 
 
-def _declare(store: DemoStore, att: Attempt, codec: str) -> None:
-    control = dict(att.features[CONTROL_STREAM])
+def _declare(store: DemoStore, features: dict[str, dict[str, Feature]], action: Feature, codec: str) -> None:
+    control = dict(features[CONTROL_STREAM])
     if CONTROL_STREAM in store.streams:
         # Checked on the episode itself: building a rig up front would slow every resumed run.
         _check_control_shapes(store, {k: f.shape for k, f in control.items()}, store.path.name)
-    control["action"] = att.action
+    control["action"] = action
     store.declare_stream(CONTROL_STREAM, control)
-    for stream, keys in att.features.items():
+    for stream, keys in features.items():
         if stream != CONTROL_STREAM:
             store.declare_stream(stream, {k: Feature(f.shape, f.dtype, f.kind, f.depth_scale,
                                                      codec if f.kind == "rgb" else f.codec)
@@ -381,25 +564,25 @@ def _declare(store: DemoStore, att: Attempt, codec: str) -> None:
 
 
 def _write_episode(store: DemoStore, att: Attempt, seed: int | None, cfg: RecordConfig) -> int:
-    _declare(store, att, cfg.codec)
+    _declare(store, att.features, att.action, cfg.codec)
     ep = att.episode
     control = ep.control
     notes = dict(att.notes)
     dropped = {k: int(v) for k, v in notes.pop("dropped_frames", {}).items()}
     info = EpisodeInfo(
         task=cfg.task or att.task_text, success=att.success, source="expert" if cfg.teleop == "expert" else "teleop",
-        rig=cfg.rig, fps=float(att.fps), seed=seed, dropped_frames=dropped, started_at=notes.pop("started_at", None),
+        rig=cfg.rig, fps=float(att.fps), seed=seed if cfg.is_sim else ep.seed, dropped_frames=dropped, started_at=notes.pop("started_at", None),
         notes={**notes, "teleop": cfg.teleop, "clocks": att.clocks, **({"image_size": cfg.image_size} if cfg.cameras else {})},
     )
-    with store.begin_episode() as w:
+    with att.writer or store.begin_episode() as w:  # a real-time rig's frames are in its writer already
         w.extend(CONTROL_STREAM, control["t_device"], control["t_host"],
                  **{k: control[k] for k in store.streams[CONTROL_STREAM]})
         for stream in store.streams:
-            if stream == CONTROL_STREAM:
+            if stream == CONTROL_STREAM or stream in att.streamed:
                 continue
             if stream in att.deferred:  # rendered from the control ticks' states: the control clock
                 w.extend(stream, control["t_device"], control["t_host"], **att.deferred[stream])
-            else:
+            elif stream in ep.streams:
                 rows = ep.streams[stream]
                 w.extend(stream, rows["t_device"], rows["t_host"], **{k: rows[k] for k in store.streams[stream]})
         if ep.intervention.any():

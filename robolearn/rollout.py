@@ -13,11 +13,10 @@ they arrive (to stream them to disk) instead of keeping them in the returned epi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import time
 
 import numpy as np
 

@@ -45,7 +45,7 @@ _HEADER = 4096
 _ALIGN = 64
 # int64 header fields
 _I_MAGIC, _I_CAPACITY, _I_COUNT, _I_ACK, _I_STATE, _I_DROPPED, _I_BLOCKING, _I_LAYOUT_LEN, _I_INFO_LEN, \
-    _I_ERR_LEN = range(10)
+    _I_ERR_LEN, _I_STOP = range(11)
 # float64 header fields (at byte 128)
 _F_HEARTBEAT, _F_CREATED = range(2)
 _LAYOUT_AT, _LAYOUT_MAX = 256, 1792
@@ -248,6 +248,14 @@ class ShmRing:
     @blocking.setter
     def blocking(self, value: bool) -> None:
         self._hi[_I_BLOCKING] = int(value)
+
+    def request_stop(self) -> None:
+        """Ask the producer to finish (it polls :attr:`stop_requested`)."""
+        self._hi[_I_STOP] = 1
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._hi[_I_STOP])
 
     def ack(self, upto: int) -> None:
         """The reader has consumed every sample before index ``upto`` (never moves backwards)."""

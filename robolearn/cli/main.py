@@ -131,6 +131,24 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardware_list(args: argparse.Namespace) -> int:
+    from robolearn.hardware.listing import format_hardware, list_hardware
+
+    d = list_hardware()
+    print(json.dumps(d, indent=2) if args.json else format_hardware(d))
+    return 0
+
+
+def _add_hardware_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """``robolearn hardware ...``; returns its subparsers so other commands (rig checks, ...) can join."""
+    h = sub.add_parser("hardware", help="connected cameras and devices")
+    hsub = h.add_subparsers(dest="hardware_command", required=True, metavar="SUBCOMMAND")
+    hl = hsub.add_parser("list", help="connected RealSense devices (serial, model, firmware, USB) and video devices")
+    hl.add_argument("--json", action="store_true", help="machine-readable output")
+    hl.set_defaults(func=cmd_hardware_list)
+    return hsub
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
     p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
@@ -197,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
+    _add_hardware_parser(sub)
     return p
 
 

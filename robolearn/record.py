@@ -14,7 +14,6 @@ produces the same episodes as one that never stopped, for any number of worker p
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
 import threading
@@ -29,7 +28,7 @@ import numpy as np
 from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, Feature, SchemaError
 from robolearn.data.store import DemoStore
 from robolearn.errors import UserError
-from robolearn.rigs import Rig, RigError, Sample, make_rig, rig_class
+from robolearn.rigs import Rig, RigError, make_rig, rig_class
 from robolearn.rollout import Episode, run_episode
 from robolearn.teleop import Event, Teleoperator, make_teleop
 
@@ -198,14 +197,9 @@ class Attempt:
     success: bool
     rollout_s: float
     render_s: float
-    # Real-time rigs stream their camera frames to disk during the episode: the open episode writer.
-    writer: Any = None
-    streamed: dict[str, int] = field(default_factory=dict)  # stream -> frames written live
-
-    def streams_frames(self) -> dict[str, int]:
-        """Samples per stream in this attempt."""
-        out = {s: len(rows["t_host"]) for s, rows in self.episode.streams.items()}
-        return {**out, **self.streamed}
+    # Real-time rigs: the writer process stores camera frames as they arrive; these are the cameras'
+    # ring counts at the episode's end (what it must have stored before the episode commits).
+    live_end: dict[str, int] | None = None
 
 
 class _Operator:
@@ -234,49 +228,6 @@ class _Operator:
         return False
 
 
-class _Sink:
-    """Writes a real-time rig's camera frames into the open episode as they arrive, on a thread, so
-    encoding and disk writes never stall the control loop."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-        self.counts: dict[str, int] = {}
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="record-sink", daemon=True)
-        self._thread.start()
-
-    def put(self, stream: str, sample: Sample) -> None:
-        if self._error is not None:
-            raise RigError(f"writing stream {stream} failed: {self._error}")
-        self.counts[stream] = self.counts.get(stream, 0) + 1
-        self._q.put((stream, sample))
-
-    @property
-    def pending(self) -> int:
-        return self._q.qsize()
-
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
-            stream, sample = item
-            try:
-                self.writer.add(stream, sample.t_device, sample.t_host, **sample.values)
-            except BaseException as e:  # noqa: BLE001 - handed to the control loop
-                self._error = e
-
-    def finish(self) -> None:
-        """Wait until every queued frame is written."""
-        self._q.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class _Status:
     """The live status line of a real-time recording (stderr): episode, time, rate and drops per stream."""
 
@@ -288,6 +239,7 @@ class _Status:
         self.every_s = every_s if self.tty else 5.0  # a log file gets a line every few seconds
         self._last = 0.0
         self._mark: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        self.t0 = time.monotonic()
 
     def line(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -295,6 +247,13 @@ class _Status:
             return
         self._last = now
         print(f"\r\x1b[K{text}" if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self._mark = (self.t0, {})
+
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() - self._last >= self.every_s
 
     def episode(self, n: int, t0: float, counts: dict[str, int], drops: dict[str, int], pending: int) -> None:
         now = time.monotonic()
@@ -305,7 +264,7 @@ class _Status:
         rates = " | ".join(f"{s} {(c - before.get(s, 0)) / dt:5.1f}/s" + (f" {drops[s]} dropped" if s in drops else "")
                            for s, c in counts.items())
         self._mark = (now, dict(counts))
-        self.line(f"episode {n} recording {now - t0:5.1f}s | {rates} | write queue {pending}", force=True)
+        self.line(f"episode {n} recording {now - t0:5.1f}s | {rates} | frames not yet stored {pending}", force=True)
 
     def done(self) -> None:
         if self.tty:
@@ -315,9 +274,10 @@ class _Status:
 class _Collector:
     """A rig and its teleoperator, running attempts (in this process or a worker)."""
 
-    def __init__(self, cfg: RecordConfig, store: DemoStore | None = None) -> None:
+    def __init__(self, cfg: RecordConfig, live: Any = None) -> None:
         self.cfg = cfg
-        self.store = store
+        self.live = live  # the store writer process of a real-time recording
+        self._declared = False
         self.rig: Rig = make_rig(cfg.rig, **cfg.rig_options())
         try:
             self.rig.connect()
@@ -360,45 +320,55 @@ class _Collector:
         t0 = time.perf_counter()
         self.operator.reset()
         rig = self.rig
-        live = rig.realtime and self.store is not None
-        sink = writer = None
-        on_step = None
-        if live:
-            _declare(self.store, rig.features, rig.action_feature, self.cfg.codec)
-            writer = self.store.begin_episode()
-            sink = _Sink(writer)
-            t_start = time.monotonic()
+        live = self.live
+        on_reset = on_step = None
+        if live is not None:
+            if not self._declared:
+                live.declare(rig.features, rig.action_feature)
+                self._declared = True
             drops = getattr(rig, "dropped_frames", dict)
+            starts: dict[str, int] = {}
+
+            def on_reset(obs: object) -> None:
+                del obs
+                rings = rig.rings()
+                starts.update({s: start for s, (_, start) in rings.items()})
+                live.begin(rings)
+                self.status.start()
 
             def on_step(step: int, obs: object, action: object, result: object) -> None:
                 del obs, action, result
-                counts = {"control": step + 1, **sink.counts}
-                self.status.episode(self.n, t_start, counts, drops(), sink.pending)
+                if not self.status.due():
+                    return
+                written = live.written()
+                behind = sum(n - starts[s] - written.get(s, 0) for s, n in rig.ring_counts().items())
+                self.status.episode(self.n, self.status.t0, {"control": step + 1, **written}, drops(), behind)
+        begun = False
         try:
             ep = run_episode(rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop,
-                             sink=sink.put if sink else None, on_step=on_step)
-            if sink is not None:
-                sink.finish()
-        except BaseException:
-            if sink is not None:
-                try:
-                    sink.finish()
-                except BaseException:  # noqa: BLE001 - the first error is the one to report
-                    pass
-                writer.discard()
-            raise
+                             on_step=on_step, on_reset=on_reset, collect=live is None)
+            begun = True
         finally:
-            if live and hasattr(rig, "stop"):
-                rig.stop()  # hold the arm while the operator decides and resets
-            self.status.done()
+            if live is not None:
+                end = rig.ring_counts()
+                if starts:
+                    live.stop(end)  # at once: frames arriving after this belong to no episode
+                if hasattr(rig, "stop"):
+                    rig.stop()  # hold the arm while the operator decides and resets
+                self.status.done()
+                if not begun and starts:  # an error mid-episode: drop it (everything committed stays)
+                    try:
+                        live.end(end, keep=False)
+                    except Exception:  # noqa: BLE001 - the first error is the one to report
+                        pass
         t1 = time.perf_counter()
         success = bool(ep.success) if self.operator.mark is None else self.operator.mark
         keep = not self.operator.discard and (success or self.cfg.keep_failures)
         deferred = self.rig.fill_deferred(ep.control) if keep else {}
         features = {**self.rig.features, **self.rig.deferred_streams}
-        streamed = dict(sink.counts) if sink else {}
+        end = end if live is not None else None
         return Attempt(ep, deferred, features, rig.action_feature, rig.episode_notes(), rig.clocks, rig.task_text,
-                       rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1, writer, streamed)
+                       rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1, end)
 
     def close(self) -> None:
         try:
@@ -439,11 +409,11 @@ def _worker_attempt(seed: int) -> Attempt:
 
 
 def _attempts(cfg: RecordConfig, first_seed: int | None, workers: int,
-              store: DemoStore | None = None) -> Iterator[tuple[int | None, Attempt]]:
+              live: Any = None) -> Iterator[tuple[int | None, Attempt]]:
     """(seed, attempt) in seed order, computed by ``workers`` processes a few seeds ahead; the caller
     stops iterating when it has enough. Rigs without seeds (real robots) run in this process."""
     if workers <= 1:
-        collector = _Collector(cfg, store)
+        collector = _Collector(cfg, live)
         try:
             seed = first_seed
             while True:
@@ -507,25 +477,36 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     # Seeds pick the initial scene where a rig has one (simulators, the MuJoCo twin); real arms ignore them.
     first_seed = _next_seed(store, cfg.seed)
-    live = rig_class(cfg.rig).realtime
-    attempts = _attempts(cfg, first_seed, workers, store if live else None)
+    live = None
+    if rig_class(cfg.rig).realtime:  # a process of its own writes the store (see robolearn.record_writer)
+        from robolearn.record_writer import LiveWriter
+
+        store.close()
+        try:
+            live = LiveWriter(cfg.out, cfg.codec)
+        except BaseException:
+            if in_main:
+                signal.signal(signal.SIGTERM, old_term)
+            raise
+    attempts = _attempts(cfg, first_seed, workers, live)
     try:
         for seed, att in attempts:
             summary.attempts += 1
             summary.rollout_seconds += att.rollout_s
             summary.render_seconds += att.render_s
             summary.steps += att.episode.steps
-            if att.episode.tick_times is not None and live:
+            if live is not None:
                 summary.tick_periods += np.diff(att.episode.tick_times).tolist()
-            for stream, n in att.streams_frames().items():
-                summary.frames[stream] = summary.frames.get(stream, 0) + n
-            for stream, n in att.notes.get("dropped_frames", {}).items():
-                summary.dropped_frames[stream] = summary.dropped_frames.get(stream, 0) + int(n)
-            if not att.keep and att.writer is not None:
-                att.writer.discard()
+                idx, frames, missed = live.end(att.live_end, att.keep, att.episode.control if att.keep else None,
+                                               _columns(att, cfg) if att.keep else None,
+                                               _episode_info(att, seed, cfg) if att.keep else None)
+                for stream, n in frames.items():
+                    summary.frames[stream] = summary.frames.get(stream, 0) + n
+                for stream, n in att.notes.get("dropped_frames", {}).items():
+                    summary.dropped_frames[stream] = summary.dropped_frames.get(stream, 0) + int(n) + missed.get(stream, 0)
             if att.keep:
                 t0 = time.perf_counter()
-                summary.episode_indices.append(_write_episode(store, att, seed, cfg))
+                summary.episode_indices.append(idx if live is not None else _write_episode(store, att, seed, cfg))
                 summary.write_seconds += time.perf_counter() - t0
                 summary.committed += 1
                 if att.success:
@@ -545,7 +526,10 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
         summary.seconds = time.perf_counter() - t_start
-        store.close()
+        if live is not None:
+            live.close()
+        else:
+            store.close()
     return summary
 
 
@@ -563,31 +547,43 @@ def _declare(store: DemoStore, features: dict[str, dict[str, Feature]], action: 
                                           for k, f in keys.items()})
 
 
+def _episode_info(att: Attempt, seed: int | None, cfg: RecordConfig) -> EpisodeInfo:
+    notes = dict(att.notes)
+    dropped = {k: int(v) for k, v in notes.pop("dropped_frames", {}).items()}
+    return EpisodeInfo(
+        task=cfg.task or att.task_text, success=att.success, source="expert" if cfg.teleop == "expert" else "teleop",
+        rig=cfg.rig, fps=float(att.fps), seed=seed if cfg.is_sim else att.episode.seed, dropped_frames=dropped,
+        started_at=notes.pop("started_at", None),
+        notes={**notes, "teleop": cfg.teleop, "clocks": att.clocks, **({"image_size": cfg.image_size} if cfg.cameras else {})},
+    )
+
+
+def _columns(att: Attempt, cfg: RecordConfig) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Per-step columns of an episode: who intervened, and the rig's own success check."""
+    ep = att.episode
+    out = {}
+    if ep.intervention.any():
+        out["intervention"] = (ep.intervention.astype(np.float32), {"source": cfg.teleop})
+    if ep.step_success is not None:  # the rig's own success check after each tick
+        out["reward"] = (ep.step_success.astype(np.float32), {"source": "sim" if cfg.is_sim else "rig", "rig": cfg.rig})
+    return out
+
+
 def _write_episode(store: DemoStore, att: Attempt, seed: int | None, cfg: RecordConfig) -> int:
     _declare(store, att.features, att.action, cfg.codec)
     ep = att.episode
     control = ep.control
-    notes = dict(att.notes)
-    dropped = {k: int(v) for k, v in notes.pop("dropped_frames", {}).items()}
-    info = EpisodeInfo(
-        task=cfg.task or att.task_text, success=att.success, source="expert" if cfg.teleop == "expert" else "teleop",
-        rig=cfg.rig, fps=float(att.fps), seed=seed if cfg.is_sim else ep.seed, dropped_frames=dropped, started_at=notes.pop("started_at", None),
-        notes={**notes, "teleop": cfg.teleop, "clocks": att.clocks, **({"image_size": cfg.image_size} if cfg.cameras else {})},
-    )
-    with att.writer or store.begin_episode() as w:  # a real-time rig's frames are in its writer already
+    with store.begin_episode() as w:
         w.extend(CONTROL_STREAM, control["t_device"], control["t_host"],
                  **{k: control[k] for k in store.streams[CONTROL_STREAM]})
         for stream in store.streams:
-            if stream == CONTROL_STREAM or stream in att.streamed:
+            if stream == CONTROL_STREAM:
                 continue
             if stream in att.deferred:  # rendered from the control ticks' states: the control clock
                 w.extend(stream, control["t_device"], control["t_host"], **att.deferred[stream])
             elif stream in ep.streams:
                 rows = ep.streams[stream]
                 w.extend(stream, rows["t_device"], rows["t_host"], **{k: rows[k] for k in store.streams[stream]})
-        if ep.intervention.any():
-            w.set_column("intervention", ep.intervention.astype(np.float32), provenance={"source": cfg.teleop})
-        if ep.step_success is not None:  # the rig's own success check after each tick
-            w.set_column("reward", ep.step_success.astype(np.float32),
-                         provenance={"source": "sim" if cfg.is_sim else "rig", "rig": cfg.rig})
-        return w.commit(info)
+        for name, (values, provenance) in _columns(att, cfg).items():
+            w.set_column(name, values, provenance=provenance)
+        return w.commit(_episode_info(att, seed, cfg))

@@ -85,6 +85,8 @@ def run_episode(
     on_step: Callable[[int, Observation, np.ndarray, StepResult], None] | None = None,
     sink: Callable[[str, Sample], None] | None = None,
     realtime: bool | None = None,
+    on_reset: Callable[[Observation], None] | None = None,
+    collect: bool = True,
 ) -> Episode:
     """Run one episode of ``controller`` on ``rig`` (see the module docstring).
 
@@ -93,13 +95,17 @@ def run_episode(
     is new (its device time changed), so streams keep their own rates; rigs with ``new_samples`` give
     every sample. ``sink(stream, sample)`` receives the non-control samples instead of the episode.
     ``realtime`` (default: ``rig.realtime``) paces ticks at ``rig.control_hz``; a tick that overruns
-    its slot is not made up for with a burst: the next one starts at the next slot."""
+    its slot is not made up for with a burst: the next one starts at the next slot. ``on_reset(obs)``
+    runs right after the rig's reset; ``collect=False`` keeps only the control rows (another process
+    stores the other streams, e.g. straight from the cameras' shared memory)."""
     from robolearn.features import CONTROL_STREAM
 
     limit = max_steps if max_steps is not None else rig.max_steps
     if limit is None:
         raise ValueError(f"{rig.name}: the rig sets no episode limit; pass max_steps")
     obs = rig.reset(seed)
+    if on_reset is not None:
+        on_reset(obs)
     controller.reset(getattr(rig, "last_seed", seed))
     rows: dict[str, StreamRows] = {s: StreamRows() for s in obs if sink is None or s == CONTROL_STREAM}
     last_t: dict[str, float] = {}
@@ -134,12 +140,12 @@ def run_episode(
         ticks.append(time.monotonic())
         action, intervening = controller.act(obs)
         action = np.asarray(action, dtype=np.float32)
-        fresh = rig.new_samples()
+        fresh = rig.new_samples() if collect else None
         for s, sample in obs.items():
             # Control rows are one per tick; other streams only when a new sample arrived.
             if s == CONTROL_STREAM:
                 rows[s].add(sample.t_device, sample.t_host, dict(sample.values))
-            elif fresh is None and last_t.get(s) != sample.t_device:
+            elif collect and fresh is None and last_t.get(s) != sample.t_device:
                 keep(s, sample)
                 last_t[s] = sample.t_device
         for s, samples in (fresh or {}).items():

@@ -9,6 +9,7 @@ that arrived since the last call, so a recorder stores each frame, not only the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,8 @@ class RigConfig:
     name: str = ""  # defaults to the file's stem
     cameras: list[CameraConfig] = field(default_factory=list)
     teleop: RigTeleopConfig = field(default_factory=RigTeleopConfig)
-    control_hz: float = field(default=10.0, metadata={"min": 1.0, "max": 1000.0})
+    # Control ticks per second: the recorder's loop and the arm's command rate (the arm servos faster).
+    control_hz: float = field(default=10.0, metadata={"min": 1.0, "max": 500.0})
     task: str = ""  # what the operator demonstrates, unless `record --task` says
     max_episode_s: float = field(default=300.0, metadata={"gt": 0.0})
     latency: LatencyConfig = field(default_factory=LatencyConfig)
@@ -90,14 +92,6 @@ def load_rig_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = (
     return cfg
 
 
-def _clock(cam: CameraConfig) -> str:
-    if cam.type == "realsense":
-        return "realsense-global" if getattr(cam, "global_time", True) else "realsense"
-    if cam.type == "playback":
-        return "recording"
-    return str(cam.type)
-
-
 class HardwareRig(Rig):
     """An arm and cameras from a rig file, each in its own process."""
 
@@ -110,7 +104,7 @@ class HardwareRig(Rig):
         self.arm: Any = None
         self.cameras: dict[str, Any] = {}
         self._last_frame: dict[str, int] = {}
-        self._dropped_at_reset: dict[str, int] = {}
+        self._start_index: dict[str, int] = {}
         self._started_at: float | None = None
         self._closed = False
         self.last_seed: int | None = None
@@ -123,11 +117,15 @@ class HardwareRig(Rig):
             if cam.type == "playback" and cam.path is not None and not Path(cam.path).exists():
                 raise UserError(f"{self._spec}: camera {cam.name}: playback file {cam.path} not found; make it "
                                 f"with `robolearn hardware make-playback --rig {self._spec}`")
+        # One host clock for every stream: the arm's controller stamps time.monotonic(), cameras stamp
+        # time.time() minus clock_origin; this origin puts the cameras on the monotonic clock too.
+        origin = time.time() - time.monotonic()
+        # The arm takes one action per control tick: the rig's rate is the arm's command rate.
+        arm_cfg = dataclasses.replace(self.config.arm, control_hz=self.config.control_hz)
         try:
-            # Cameras first: they start in parallel while the arm's controller comes up.
             for cam in self.config.cameras:
-                self.cameras[cam.name] = open_camera(cam)
-            self.arm = open_arm(self.config.arm)
+                self.cameras[cam.name] = open_camera(cam, clock_origin=origin)
+            self.arm = open_arm(arm_cfg)
         except BaseException:
             self.close()
             raise
@@ -178,7 +176,7 @@ class HardwareRig(Rig):
     def clocks(self) -> dict[str, str]:
         arm_clock = "sim" if self.config.arm.type == "twin" else "arm"
         return {CONTROL_STREAM: getattr(self.arm, "clock", arm_clock),
-                **{c.name: _clock(c) for c in self.config.cameras}}
+                **{name: cam.clock for name, cam in self.cameras.items()}}
 
     @property
     def task_text(self) -> str:
@@ -201,8 +199,9 @@ class HardwareRig(Rig):
             self.last_seed = seed
         obs = self.observe()
         for name, cam in self.cameras.items():
-            self._last_frame[name] = cam.latest().frame_number
-            self._dropped_at_reset[name] = int(cam.dropped_frames)
+            f = cam.latest()
+            self._last_frame[name], self._start_index[name] = f.frame_number, f.index
+            cam.reset_dropped()
         self._started_at = time.time()
         return obs
 
@@ -222,9 +221,18 @@ class HardwareRig(Rig):
             frames = cam.frames_since(self._last_frame.get(name, -1))
             if frames:
                 self._last_frame[name] = frames[-1].frame_number
-            out[name] = [Sample({k: np.array(v, copy=True) for k, v in f.values.items()},
-                                float(f.t_device), float(f.t_host)) for f in frames]
+            out[name] = [Sample(f.values, float(f.t_device), float(f.t_host)) for f in frames]  # copies
         return out
+
+    def rings(self) -> dict[str, tuple[str, int]]:
+        """Per camera: its shared-memory ring and the ring index this episode's frames start at (the
+        frame ``reset`` observed), for a process that stores frames straight from the rings."""
+        return {name: (cam._ring.name, self._start_index.get(name, 0))  # noqa: SLF001 - the ring is shared by design
+                for name, cam in self.cameras.items()}
+
+    def ring_counts(self) -> dict[str, int]:
+        """Per camera: frames its ring has received so far (the next ring index)."""
+        return {name: int(cam._ring.count) for name, cam in self.cameras.items()}  # noqa: SLF001
 
     def send_action(self, action: np.ndarray) -> StepResult:
         self._need()
@@ -239,11 +247,11 @@ class HardwareRig(Rig):
 
     def dropped_frames(self) -> dict[str, int]:
         """Frames each camera dropped since the episode began."""
-        return {n: int(c.dropped_frames) - self._dropped_at_reset.get(n, 0) for n, c in self.cameras.items()}
+        return {n: int(c.dropped_frames) for n, c in self.cameras.items()}
 
     def episode_notes(self) -> dict[str, Any]:
-        cams = {c.name: {"type": c.type, "serial": c.serial, "path": str(c.path) if c.path else None}
-                for c in self.config.cameras}
+        cams = {c.name: {"type": c.type, "serial": self.cameras[c.name].serial if c.name in self.cameras else c.serial,
+                         "path": str(c.path) if c.path else None} for c in self.config.cameras}
         return {"dropped_frames": self.dropped_frames(), "started_at": self._started_at, "rig_name": self.name,
                 "cameras": cams, "arm": self.config.arm.type,
                 "latency": {"camera_s": self.config.latency.camera_s, "action_s": self.config.latency.action_s}}

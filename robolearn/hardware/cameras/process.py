@@ -11,9 +11,12 @@ for the consumer to raise.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +105,23 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
         ring.close()
 
 
+@contextmanager
+def _beating(ring: ShmRing, every_s: float = 0.05) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            ring.beat()
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
 def _stream(cfg: CameraConfig, ring: ShmRing, src: Source, clock_origin: float | None, parent_pid: int,
             info: dict) -> None:
     warmup = cfg.warmup
@@ -121,14 +141,16 @@ def _stream(cfg: CameraConfig, ring: ShmRing, src: Source, clock_origin: float |
             if not cfg.loop or last_fn is None:
                 ring.state = ENDED
                 return
-            # Start the recording again, continuing its frame numbers and times.
-            src.close()
-            src = make_source(cfg, clock_origin)
-            src.open()
-            fn_offset, t_offset = last_fn + 1, last_t + period
-            first = None
-            while first is None and not should_stop():
-                first = src.read(0.05)
+            # Start the recording again, continuing its frame numbers and times. Reopening takes a
+            # while; the process is busy, not stalled, so it keeps its heartbeat meanwhile.
+            with _beating(ring):
+                src.close()
+                src = make_source(cfg, clock_origin)
+                src.open()
+                fn_offset, t_offset = last_fn + 1, last_t + period
+                first = None
+                while first is None and not should_stop():
+                    first = src.read(0.05)
             if first is None:
                 return
             fn_offset -= first.frame_number

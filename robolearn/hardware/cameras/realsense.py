@@ -151,7 +151,8 @@ class RealSenseSource(Source):
             s.start(lambda f, kind=kind: self._on_frame(f, kind))
             self._sensors.append(s)
         if self._playback is not None:
-            self._playback.resume()
+            # resume() can wait on the callbacks, which wait for read(): resume from a helper thread.
+            threading.Thread(target=self._playback.resume, name="playback-resume", daemon=True).start()
         facts = device_facts(dev)
         return {**facts, "serial": facts.get("serial", cfg.serial), "depth_scale": depth_scale,
                 "width": cfg.width, "height": cfg.height, "fps": cfg.fps,

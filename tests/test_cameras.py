@@ -176,7 +176,8 @@ def test_a_camera_that_goes_silent_raises_within_its_timeout(recs):
         detected_after = time.time() - t_last
         assert not isinstance(ei.value, PlaybackEnded)
         assert seen[-1] == _frame_numbers(40)[8]
-        assert 0.3 <= detected_after < 0.3 + 0.25
+        age = float(str(ei.value).split("no frame for ")[1].split(" s")[0])
+        assert age >= 0.3 and 0.3 - 0.05 <= detected_after < 0.3 + 0.25  # the consumer saw the last frame a bit late
 
 
 def test_a_stopped_or_killed_camera_process_is_an_error_not_a_hang(recs):

@@ -26,7 +26,7 @@ from robolearn.rigs.base import RigError
 # RealSense D400 inter-camera sync modes (rs.option.inter_cam_sync_mode).
 HW_SYNC_MODES = {"master": 1, "slave": 2, "full_slave": 3}
 # Frames thrown away after start while auto-exposure settles; playback keeps every recorded frame.
-DEFAULT_WARMUP = {"realsense": 30, "uvc": 5, "playback": 0}
+DEFAULT_WARMUP = {"realsense": 30, "uvc": 5, "playback": 0, "file": 0}
 
 
 @dataclass
@@ -83,7 +83,10 @@ class CameraConfig:
 
     @property
     def warmup(self) -> int:
-        return DEFAULT_WARMUP[self.type] if self.warmup_frames is None else self.warmup_frames
+        if self.warmup_frames is not None:
+            return self.warmup_frames
+        is_file = self.type == "uvc" and self.path is not None and not str(self.path).startswith("/dev/")
+        return DEFAULT_WARMUP["file" if is_file else self.type]
 
     @property
     def label(self) -> str:
@@ -158,6 +161,12 @@ class CameraStream:
         return self.info.get("serial") or self.cfg.serial
 
     @property
+    def label(self) -> str:
+        """How errors name the camera: ``wrist (123456789012)``, with the device's (or recording's) serial."""
+        serial = self.serial
+        return f"{self.name} ({serial})" if serial else self.cfg.label
+
+    @property
     def depth_scale(self) -> float | None:
         """Metres per depth unit, as the device (or the recording) reports it."""
         return self.info.get("depth_scale") if self.cfg.depth else None
@@ -193,24 +202,24 @@ class CameraStream:
     def check(self) -> None:
         """Raise :class:`RigError` if the camera failed, died, ended or stalled."""
         if self._closed:
-            raise RigError(f"camera {self.cfg.label} is closed")
+            raise RigError(f"camera {self.label} is closed")
         ring = self._ring
         state = ring.state
         if state == FAILED:
-            raise RigError(f"camera {self.cfg.label}: {ring.error}")
+            raise RigError(f"camera {self.label}: {ring.error}")
         if state == ENDED:
             if ring.acked >= ring.count:
-                raise PlaybackEnded(f"camera {self.cfg.label}: the recording ended after {ring.count} frames")
+                raise PlaybackEnded(f"camera {self.label}: the recording ended after {ring.count} frames")
             return
         alive = self._process is None or self._process.is_alive()
         if not alive:
             code = self._process.exitcode
             detail = f": {ring.error}" if ring.error else ""
-            raise RigError(f"camera {self.cfg.label}: its process exited (code {code}){detail}")
+            raise RigError(f"camera {self.label}: its process exited (code {code}){detail}")
         if state == RUNNING:
             age = time.time() - ring.heartbeat
             if age > self.cfg.timeout_s:
-                raise RigError(f"camera {self.cfg.label} delivered no frame for {age:.2f} s (timeout_s "
+                raise RigError(f"camera {self.label} delivered no frame for {age:.2f} s (timeout_s "
                                f"{self.cfg.timeout_s:g}): unplugged, stalled, or its process is hung")
 
     def _frame(self, e: RingEntry) -> Frame:
@@ -222,7 +231,7 @@ class CameraStream:
         self.check()
         e = self._ring.latest(copy)
         if e is None:
-            raise RigError(f"camera {self.cfg.label} has delivered no frame yet")
+            raise RigError(f"camera {self.label} has delivered no frame yet")
         self._ring.ack(e.index + 1)
         return self._frame(e)
 
@@ -231,7 +240,7 @@ class CameraStream:
         self.check()
         e = self._ring.nearest(t, clock, copy)
         if e is None:
-            raise RigError(f"camera {self.cfg.label} has delivered no frame yet")
+            raise RigError(f"camera {self.label} has delivered no frame yet")
         self._ring.ack(e.index + 1)
         return self._frame(e)
 

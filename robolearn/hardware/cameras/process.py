@@ -11,9 +11,12 @@ for the consumer to raise.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +78,10 @@ def make_source(cfg: CameraConfig, clock_origin: float | None) -> Source:
 def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, parent_pid: int) -> None:
     """Entry point of the camera process."""
     ring = ShmRing.attach(ring_name)
-    src: Source | None = None
+    holder: list[Source] = []
     try:
         src = make_source(cfg, clock_origin)
+        holder.append(src)
         try:
             info = src.open()
         except (SourceError, EndOfStream) as e:
@@ -87,23 +91,43 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
         ring.blocking = src.blocking
         ring.beat()
         ring.state = RUNNING
-        _stream(cfg, ring, src, clock_origin, parent_pid, info)
+        _stream(cfg, ring, holder, clock_origin, parent_pid, info)
     except SourceError as e:
         ring.fail(str(e))
     except Exception as e:  # noqa: BLE001 - whatever it is, the consumer gets one line, the log the rest
         traceback.print_exc()
         ring.fail(f"{type(e).__name__}: {e}")
     finally:
-        if src is not None:
+        if holder:
             try:
-                src.close()
+                holder[0].close()
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
         ring.close()
 
 
-def _stream(cfg: CameraConfig, ring: ShmRing, src: Source, clock_origin: float | None, parent_pid: int,
-            info: dict) -> None:
+@contextmanager
+def _beating(ring: ShmRing, every_s: float = 0.05) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            ring.beat()
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def _stream(cfg: CameraConfig, ring: ShmRing, holder: list[Source], clock_origin: float | None,
+            parent_pid: int, info: dict) -> None:
+    """Stream until stopped or the recording ends. ``holder[0]`` is the source in use (a loop reopens
+    it), for the caller to close."""
+    src = holder[0]
     warmup = cfg.warmup
     last_fn: int | None = None
     pace = src.recorded and src.blocking and cfg.playback_speed > 0
@@ -121,14 +145,16 @@ def _stream(cfg: CameraConfig, ring: ShmRing, src: Source, clock_origin: float |
             if not cfg.loop or last_fn is None:
                 ring.state = ENDED
                 return
-            # Start the recording again, continuing its frame numbers and times.
-            src.close()
-            src = make_source(cfg, clock_origin)
-            src.open()
-            fn_offset, t_offset = last_fn + 1, last_t + period
-            first = None
-            while first is None and not should_stop():
-                first = src.read(0.05)
+            # Start the recording again, continuing its frame numbers and times. Reopening takes a
+            # while; the process is busy, not stalled, so it keeps its heartbeat meanwhile.
+            with _beating(ring):
+                src.close()
+                src = holder[0] = make_source(cfg, clock_origin)
+                src.open()
+                fn_offset, t_offset = last_fn + 1, last_t + period
+                first = None
+                while first is None and not should_stop():
+                    first = src.read(0.05)
             if first is None:
                 return
             fn_offset -= first.frame_number
@@ -146,18 +172,21 @@ def _stream(cfg: CameraConfig, ring: ShmRing, src: Source, clock_origin: float |
             ring.add_dropped(cap.frame_number - last_fn - 1)
         if pace:
             now = time.time()
-            if pace_zero is None:
-                pace_zero = (cap.t_device, now)
-            due = pace_zero[1] + (cap.t_device - pace_zero[0]) / cfg.playback_speed
+            due = None if pace_zero is None else pace_zero[1] + (cap.t_device - pace_zero[0]) / cfg.playback_speed
+            if due is None or now - due > 2 * period:
+                # First frame, or late (the consumer held us up, a loop restart): release frames at the
+                # recorded rate from here on rather than in a burst, as a live camera would.
+                pace_zero, due = (cap.t_device, now), now
             while time.time() < due and not should_stop():  # no heartbeat: a recorded silence is one
                 time.sleep(min(0.002, max(0.0, due - time.time())))
-            if src.recorded:  # received now, as a live camera's frame would be
-                cap.t_host = time.time() - (clock_origin or 0.0)
         while not ring.has_room():  # non-real-time: wait for the consumer rather than overwrite
             if should_stop():
                 return
             ring.beat()
             time.sleep(0.0005)
+            pace_zero = None  # held up: re-anchor the pacing at the next frame
+        if src.recorded:  # a recording is "received" when it is handed over, as a live frame would be
+            cap.t_host = time.time() - (clock_origin or 0.0)
         if last_fn is None and info.get("clock") == "pending":  # known from the first frame; before it is out
             ring.set_info({**info, "clock": getattr(src, "clock", "") or "unknown"})
         ring.write(cap.arrays, cap.frame_number, cap.t_device, cap.t_host)

@@ -63,6 +63,7 @@ class RealSenseSource(Source):
         self._pending: dict[str, list[tuple[Any, float]]] = {"color": [], "depth": []}
         self._held: tuple[Any, ...] = ()  # frames whose buffers the last Captured views
         self._playback: Any = None
+        self._resumer: threading.Thread | None = None
         self._stopped_at: float | None = None
         self._domain_checked = False
         self._clock = ""
@@ -151,7 +152,9 @@ class RealSenseSource(Source):
             s.start(lambda f, kind=kind: self._on_frame(f, kind))
             self._sensors.append(s)
         if self._playback is not None:
-            self._playback.resume()
+            # resume() can wait on the callbacks, which wait for read(): resume from a helper thread.
+            self._resumer = threading.Thread(target=self._playback.resume, name="playback-resume", daemon=True)
+            self._resumer.start()
         facts = device_facts(dev)
         return {**facts, "serial": facts.get("serial", cfg.serial), "depth_scale": depth_scale,
                 "width": cfg.width, "height": cfg.height, "fps": cfg.fps,
@@ -257,6 +260,13 @@ class RealSenseSource(Source):
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        if self._resumer is not None:  # never leave the SDK call running into teardown (it aborts)
+            while self._resumer.is_alive():
+                try:
+                    self._queue.get(timeout=0.01)
+                except queue.Empty:
+                    pass
+            self._resumer = None
         for s in self._sensors:
             for step in (s.stop, s.close):
                 try:

@@ -57,10 +57,13 @@ class RecordConfig:
     task: str | None = None  # task text for rigs that do not know their task (real robots)
     # A live status line on stderr for real-time rigs (episode, rate and drops per stream).
     status: bool = True
+    rig_overrides: Sequence[str] = ()  # key=value changes to a rig file (e.g. teleop.path=/dev/hidraw3)
 
     def __post_init__(self) -> None:
+        if self.rig_overrides and self.is_sim:
+            raise UserError("--set changes rig files; sim:<task> rigs take --cameras, --image-size, --depth")
         if self.teleop is None:
-            self.teleop = "expert" if self.is_sim else _rig_file_device(self.rig)
+            self.teleop = "expert" if self.is_sim else _rig_file_device(self.rig, self.rig_overrides)
         if self.episodes < 1:
             raise UserError(f"--episodes must be at least 1, got {self.episodes}")
         if not 8 <= self.image_size <= 1024:
@@ -81,7 +84,7 @@ class RecordConfig:
     def rig_options(self) -> dict[str, Any]:
         """Settings of a simulated rig: cameras are rendered after the attempt (fast path)."""
         if not self.is_sim:
-            return {}
+            return {"overrides": tuple(self.rig_overrides)} if self.rig_overrides else {}
         return {"cameras": tuple(self.cameras), "image_size": self.image_size, "depth": self.depth,
                 "defer_cameras": True, "seed": self.seed}
 
@@ -111,12 +114,13 @@ class RecordSummary:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
-def _rig_file_device(spec: str) -> str:
+def _rig_file_device(spec: str, overrides: Sequence[str] = ()) -> str:
     """The teleop device a rig file names (read without loading its hardware modules)."""
-    from robolearn.config import read_yaml_mapping
+    from robolearn.config import apply_overrides, read_yaml_mapping
     from robolearn.resources import resolve
 
-    teleop = read_yaml_mapping(resolve("rig", spec), "rig file", "a rig").get("teleop") or {}
+    raw = apply_overrides(read_yaml_mapping(resolve("rig", spec), "rig file", "a rig"), overrides)
+    teleop = raw.get("teleop") or {}
     return str(teleop.get("device", "keyboard")) if isinstance(teleop, dict) else "keyboard"
 
 

@@ -31,7 +31,7 @@ def make_rig(spec: str, **options: Any) -> Rig:
     """A rig from ``sim:<task name or task YAML>`` or a rig file ``hardware/<rig>.yaml``.
 
     ``options`` are the simulated rig's settings (``cameras``, ``image_size``, ``depth``,
-    ``defer_cameras``, ``seed``); a rig file carries its own."""
+    ``defer_cameras``, ``seed``); a rig file carries its own, changed by ``overrides=["key=value"]``."""
     if spec.startswith("sim:"):
         from robolearn.rigs.sim import SimRig, SimRigConfig
 
@@ -45,12 +45,14 @@ def make_rig(spec: str, **options: Any) -> Rig:
             options["cameras"] = tuple(options["cameras"])
         return SimRig(SimRigConfig(task=task, **options))
     if spec.endswith((".yaml", ".yml")):
+        overrides = list(options.pop("overrides", ()))
         if options:
-            raise UserError(f"rig files carry their own settings; {sorted(options)} apply to sim:<task> rigs only")
+            raise UserError(f"rig files carry their own settings; {sorted(options)} apply to sim:<task> rigs only "
+                            "(change a rig file's setting with overrides, e.g. record --set teleop.path=/dev/hidraw3)")
         from robolearn.resources import resolve
 
         resolve("rig", spec)  # a missing file fails here, before the hardware modules load
         from robolearn.rigs.hardware import HardwareRig, load_rig_config
 
-        return HardwareRig(load_rig_config(spec), spec)
+        return HardwareRig(load_rig_config(spec, overrides), spec)
     raise UserError(f"unknown rig {spec!r}: use sim:<task> (e.g. sim:lift) or a rig file hardware/<rig>.yaml")

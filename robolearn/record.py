@@ -214,13 +214,23 @@ class _Operator:
         self.mark: bool | None = None  # success marked by the operator
         self.discard = False
         self.quit = False
+        self._pending: deque[Event] = deque()  # events after the one that ended an episode: the next's
 
     def reset(self) -> None:
         self.mark, self.discard = None, False
 
+    def push_back(self, events: list[Event]) -> None:
+        self._pending.extend(events)
+
+    def events(self) -> list[Event]:
+        out = [*self._pending, *self.teleop.events()]
+        self._pending.clear()
+        return out
+
     def stop(self, step: int, result: object) -> bool:
         del step, result
-        for ev in self.teleop.events():
+        events = self.events()
+        for i, ev in enumerate(events):
             if ev in (Event.SUCCESS, Event.FAILURE):
                 self.mark = ev is Event.SUCCESS
             elif ev in (Event.DISCARD, Event.RESET):  # a reset mid-episode drops it
@@ -228,6 +238,7 @@ class _Operator:
             elif ev is Event.QUIT:
                 self.quit = self.discard = True
             if ev in (Event.KEEP, Event.SUCCESS, Event.FAILURE, Event.DISCARD, Event.RESET, Event.QUIT):
+                self._pending.extend(events[i + 1:])
                 return True
         return False
 
@@ -301,8 +312,10 @@ class _Collector:
         obs = rig.observe()
         t_next = time.monotonic()
         while True:
-            for ev in self.teleop.events():
+            events = self.operator.events()
+            for i, ev in enumerate(events):
                 if ev is Event.START:
+                    self.operator.push_back(events[i + 1:])
                     return True
                 if ev is Event.QUIT:
                     return False
@@ -519,7 +532,10 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
                     summary.failures_kept += 1
             if progress:
                 progress(summary)
-            if summary.successes >= cfg.episodes or summary.attempts >= max_attempts:
+            # A simulator records until it has enough successes; on a real rig the operator decides what
+            # is kept, and --episodes counts the kept episodes.
+            enough = summary.committed if live is not None else summary.successes
+            if enough >= cfg.episodes or (summary.attempts >= max_attempts and live is None):
                 break
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from robolearn.hardware.arms.interp import quat_from_mat, quat_mul, quat_conj, quat_to_rotvec
+from robolearn.hardware.arms.interp import quat_conj, quat_mul, quat_to_rotvec
 from robolearn.hardware.arms.shmstate import ShmState
 
 # Appended after the named values: success (0/1), simulated time, steps since reset, overrun ticks.
@@ -76,8 +76,7 @@ class _World:
     def __init__(self, cfg: TwinWorldConfig) -> None:
         import mujoco
 
-        from robolearn.sim.env import LOWDIM_KEYS, make_env
-        from robolearn.sim.env import CONTROL_FREQ
+        from robolearn.sim.env import CONTROL_FREQ, LOWDIM_KEYS, make_env
 
         self.mujoco = mujoco
         self.cfg = cfg

@@ -106,7 +106,7 @@ class BusArm(Arm):
         self._port = port
         for i in self.ids:
             found: list[int] = []
-            self._tx(lambda i=i: self._ping(i, found), f"ping of motor {i}")
+            self._tx(lambda i=i, found=found: self._ping(i, found), f"ping of motor {i}")
             model = found[0]
             if model != self.table.model_number:
                 raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port}: motor {i} is model {model}, "

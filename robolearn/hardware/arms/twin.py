@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from robolearn.errors import UserError
 from robolearn.features import Feature
 from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState
 from robolearn.hardware.twin import STATUS_KEYS, TwinStateReader, TwinWorldConfig, run_world

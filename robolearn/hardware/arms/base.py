@@ -58,8 +58,9 @@ class SafetyLimits:
     workspace_margin: float = field(default=0.03, metadata={"min": 0.0})  # measured pose may overshoot this
     max_linear_speed: float = field(default=0.25, metadata={"gt": 0.0})  # m/s
     max_angular_speed: float = field(default=1.0, metadata={"gt": 0.0})  # rad/s
-    max_step: float = field(default=0.05, metadata={"gt": 0.0})  # m per servo tick asked for
-    max_step_rad: float = field(default=0.5, metadata={"gt": 0.0})  # rad per servo tick asked for
+    # A delta action of the sim tasks' scale asks for up to 0.087 m / 0.87 rad at once; more is a jump.
+    max_step: float = field(default=0.1, metadata={"gt": 0.0})  # m per servo tick asked for
+    max_step_rad: float = field(default=1.5, metadata={"gt": 0.0})  # rad per servo tick asked for
     joint_min: list[float] | None = None  # default: the driver's own limits
     joint_max: list[float] | None = None
     max_joint_speed: float = field(default=1.0, metadata={"gt": 0.0})  # rad/s (joint commands)

@@ -16,6 +16,7 @@ process dying (its pipe closes; the kernel's parent-death signal backs that up).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import multiprocessing as mp
 import signal
@@ -29,7 +30,7 @@ import numpy as np
 
 from robolearn.errors import UserError
 from robolearn.features import Feature
-from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState, make_driver
+from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState, SafetyLimits, make_driver
 from robolearn.hardware.arms.interp import (
     JointTrajectory,
     PoseTrajectory,
@@ -100,16 +101,9 @@ class ServoLoop:
 
     def __init__(self, cfg: ArmConfig, driver: Arm, shm: ShmState, layout: _Layout, conn: Connection) -> None:
         self.cfg, self.driver, self.shm, self.layout, self.conn = cfg, driver, shm, layout, conn
-        self.lim = cfg.limits
         self.period = 1.0 / cfg.servo_hz
         self.joint_space = cfg.action == "joints"
-        box = self.lim.workspace_min is not None
-        self.box = (np.asarray(self.lim.workspace_min), np.asarray(self.lim.workspace_max)) if box else None
-        if self.lim.joint_min is not None:
-            self.jlim: tuple[np.ndarray, np.ndarray] | None = (np.asarray(self.lim.joint_min),
-                                                              np.asarray(self.lim.joint_max))
-        else:
-            self.jlim = driver.joint_limits
+        self.set_limits(cfg.limits)
         self.status = IDLE
         self.fault = ""
         self.counters = dict.fromkeys(("ticks", "overruns", "box_clips", "speed_clamps", "watchdog_stops"), 0)
@@ -123,6 +117,15 @@ class ServoLoop:
         self.t_host = time.monotonic()
 
     # ---------------------------------------------------------------- helpers
+    def set_limits(self, lim: SafetyLimits) -> None:
+        self.lim = lim
+        box = lim.workspace_min is not None
+        self.box = (np.asarray(lim.workspace_min), np.asarray(lim.workspace_max)) if box else None
+        if lim.joint_min is not None:
+            self.jlim: tuple[np.ndarray, np.ndarray] | None = (np.asarray(lim.joint_min), np.asarray(lim.joint_max))
+        else:
+            self.jlim = self.driver.joint_limits
+
     def measured(self) -> np.ndarray:
         v = self.state.values
         if self.joint_space:
@@ -174,6 +177,9 @@ class ServoLoop:
                 self.conn.send(("reset", None))
             except Exception as e:  # noqa: BLE001 - reported to the client as one line
                 self.conn.send(("reset", f"{type(e).__name__}: {e}"))
+            return True
+        if kind == "limits":
+            self.set_limits(msg[1])
             return True
         if kind == "clear":
             if self.status == FAULT:
@@ -482,6 +488,19 @@ class ArmClient:
         """Stop moving and hold here; the next command moves the arm again."""
         self._send("stop")
 
+    def set_limits(self, limits: SafetyLimits) -> None:
+        """Replace the safety limits from the next tick on (e.g. tighter ones near a fixture)."""
+        from robolearn.config import check_config
+
+        check_config(limits, "arm.limits")
+        self._send_raw(("limits", limits))
+
+    def _send_raw(self, msg: tuple) -> None:
+        try:
+            self._conn.send(msg)
+        except (BrokenPipeError, OSError):
+            raise RigError(f"{self.cfg.type} arm: the controller process is gone") from None
+
     def clear_fault(self) -> None:
         """Accept a latched fault after inspecting it (the arm stays stopped until commanded)."""
         self._conn.send(("clear",))
@@ -520,6 +539,7 @@ class ArmClient:
             self._conn.send(("close",))
         except (BrokenPipeError, OSError):
             pass
+        atexit.unregister(self.close)
         self._proc.join(10.0)
         if self._proc.is_alive():  # a wedged controller: SIGTERM still runs its stop-the-arm path
             self._proc.terminate()
@@ -565,7 +585,11 @@ def open_arm(cfg: ArmConfig) -> ArmClient:
     if msg[0] == "error":
         proc.join(10.0)
         raise (UserError if msg[2] else RigError)(msg[1])
-    return ArmClient(cfg, proc, conn, msg[1])
+    client = ArmClient(cfg, proc, conn, msg[1])
+    # The controller is not a daemon (it has the twin world as a child), so multiprocessing's exit hook
+    # would wait for it forever if the client were left open; close it first (atexit runs LIFO).
+    atexit.register(client.close)
+    return client
 
 
 __all__ = ["ArmClient", "ServoLoop", "controller_main", "die_with_parent", "open_arm"]

@@ -140,8 +140,9 @@ class CameraStream:
         self.name = cfg.name
         self._dropped_base = 0
         self._overrun = 0  # frames overwritten before frames_since could read them
-        self._last_index = -1  # newest ring index handed out by frames_since
-        self._last_fn: int | None = None
+        # Ring index of recently handed-out frames by frame number: frames_since(n) resumes right after n
+        # and counts what the ring overwrote in between.
+        self._handed: dict[int, int] = {}
         self._closed = False
         self._info: dict[str, Any] = {}
 
@@ -223,6 +224,10 @@ class CameraStream:
                                f"{self.cfg.timeout_s:g}): unplugged, stalled, or its process is hung")
 
     def _frame(self, e: RingEntry) -> Frame:
+        self._handed[e.frame_number] = e.index
+        if len(self._handed) > 4 * self._ring.capacity:
+            for k in list(self._handed)[: len(self._handed) // 2]:
+                del self._handed[k]
         return Frame(e.values, e.t_device, e.t_host, e.frame_number, e.index)
 
     # ------------------------------------------------------------------ reads
@@ -251,17 +256,14 @@ class CameraStream:
         camera overwrote in between are counted in :attr:`dropped_frames`."""
         ring = self._ring
         self.check()
-        if frame_number is not None and frame_number == self._last_fn:
-            start = self._last_index + 1
-        else:
-            start = ring.available().start
+        known = self._handed.get(frame_number) if frame_number is not None else None
+        start = known + 1 if known is not None else ring.available().start
         entries, missed = ring.since(start, copy)
         if frame_number is not None:
             entries = [e for e in entries if e.frame_number > frame_number]
-        if frame_number is not None and frame_number == self._last_fn:
+        if known is not None:
             self._overrun += missed
         if entries:
-            self._last_index, self._last_fn = entries[-1].index, entries[-1].frame_number
             ring.ack(entries[-1].index + 1)
         return [self._frame(e) for e in entries]
 

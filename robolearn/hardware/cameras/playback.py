@@ -11,6 +11,7 @@ simulated twin rig get RealSense recordings without a camera. pyrealsense2 2.59 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,14 @@ def _intrinsics(rs: Any, w: int, h: int, fov_x_deg: float = 69.0) -> Any:
 def write_recording(path: str | os.PathLike, frames: Iterable[RecordedFrame], width: int, height: int,
                     fps: int = 30, depth: bool = True, depth_scale: float = 0.001, serial: str = "000000000001",
                     model: str = "Intel RealSense D435", domain: str = "global_time",
-                    depth_to_color_m: tuple[float, float, float] = (0.015, 0.0, 0.0)) -> Path:
+                    depth_to_color_m: tuple[float, float, float] = (0.015, 0.0, 0.0), realtime: bool = False) -> Path:
     """Record ``frames`` into a RealSense recording at ``path`` (``.db3``) through ``rs.software_device``
     and ``rs.recorder``; returns the path. Frames carry their own frame numbers and timestamps (in
-    timestamp ``domain``: global_time, hardware_clock or system_time) so a recording can hold gaps."""
+    timestamp ``domain``: global_time, hardware_clock or system_time) so a recording can hold gaps.
+
+    The recorder also stamps each frame with its own clock, which the SDK's real-time playback
+    follows; ``realtime=True`` pushes frames spaced as their timestamps are (slower to write) so that
+    a real-time playback runs at the frames' rate. Non-real-time playback does not need it."""
     rs = _rs()
     path = Path(path)
     if path.suffix != ".db3":
@@ -104,9 +109,13 @@ def write_recording(path: str | os.PathLike, frames: Iterable[RecordedFrame], wi
             f.depth_units = units
         sensor.on_video_frame(f)
 
-    n = 0
+    n, t_first, ms_first = 0, 0.0, 0.0
     try:
         for fr in frames:
+            if realtime:
+                if n == 0:
+                    t_first, ms_first = time.perf_counter(), fr.t_ms
+                time.sleep(max(0.0, t_first + (fr.t_ms - ms_first) / 1000.0 - time.perf_counter()))
             if fr.color.shape != (height, width, 3) or fr.color.dtype != np.uint8:
                 raise UserError(f"frame {fr.frame_number}: colour must be uint8 {(height, width, 3)}, "
                                 f"got {fr.color.dtype} {fr.color.shape}")

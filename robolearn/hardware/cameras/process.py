@@ -11,6 +11,7 @@ for the consumer to raise.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import traceback
@@ -77,6 +78,8 @@ def make_source(cfg: CameraConfig, clock_origin: float | None) -> Source:
 
 def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, parent_pid: int) -> None:
     """Entry point of the camera process."""
+    # Ctrl-C reaches the whole process group; the consumer decides when its cameras stop (close()).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ring = ShmRing.attach(ring_name)
     holder: list[Source] = []
     try:

@@ -108,6 +108,7 @@ class RecordSummary:
     tick_periods: list[float] = field(default_factory=list)
     frames: dict[str, int] = field(default_factory=dict)
     dropped_frames: dict[str, int] = field(default_factory=dict)
+    handoff_s: list[float] = field(default_factory=list)  # camera process -> store writer, per frame
 
     @property
     def steps_per_second(self) -> float:
@@ -514,9 +515,10 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
             summary.steps += att.episode.steps
             if live is not None:
                 summary.tick_periods += np.diff(att.episode.tick_times).tolist()
-                idx, frames, missed = live.end(att.live_end, att.keep, att.episode.control if att.keep else None,
+                idx, frames, missed, handoff = live.end(att.live_end, att.keep, att.episode.control if att.keep else None,
                                                _columns(att, cfg) if att.keep else None,
                                                _episode_info(att, seed, cfg) if att.keep else None)
+                summary.handoff_s += handoff
                 for stream, n in frames.items():
                     summary.frames[stream] = summary.frames.get(stream, 0) + n
                 for stream, n in att.notes.get("dropped_frames", {}).items():

@@ -42,6 +42,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
     cursor: dict[str, int] = {}
     missed: dict[str, int] = {}
     limit: dict[str, int] = {}  # ring index where the episode's frames end (once the episode has ended)
+    handoff: list[float] = []  # per frame: taken out of the ring minus received by the camera process (s)
     ep = None
 
     def pull() -> int:
@@ -50,7 +51,9 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
             if cursor[stream] >= limit.get(stream, 1 << 62):
                 continue
             entries, m = ring.since(cursor[stream], copy=True)
+            now = time.monotonic()  # camera t_host is on this clock (the rig's clock_origin)
             entries = [e for e in entries if e.index < limit.get(stream, 1 << 62)]
+            handoff.extend(now - e.t_host for e in entries)
             missed[stream] += m
             for e in entries:
                 ep.add(stream, e.t_device, e.t_host, **e.values)
@@ -79,6 +82,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
                         slot[stream], cursor[stream], missed[stream] = i, int(start), 0
                         written[i] = 0
                     limit.clear()
+                    handoff.clear()
                     ep = store.begin_episode()
                 elif kind == "stop":  # the episode ended: its frames are those before these ring counts
                     limit.update(msg[1])
@@ -92,7 +96,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
                     if not keep:
                         ep.discard()
                         ep = None
-                        conn.send(("ok", (None, counts, dict(missed))))
+                        conn.send(("ok", (None, counts, dict(missed), list(handoff))))
                         continue
                     info.dropped_frames = {s: int(info.dropped_frames.get(s, 0)) + missed.get(s, 0)
                                            for s in set(info.dropped_frames) | set(missed)}
@@ -102,7 +106,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
                         ep.set_column(name, values, provenance=provenance)
                     idx = ep.commit(info)
                     ep = None
-                    conn.send(("ok", (idx, counts, dict(missed))))
+                    conn.send(("ok", (idx, counts, dict(missed), list(handoff))))
                 elif kind == "close":
                     break
             except Exception as e:  # noqa: BLE001 - reported to the recorder, which stops
@@ -164,9 +168,10 @@ class LiveWriter:
         return {s: int(self._written[i]) for i, s in enumerate(self._streams)}
 
     def end(self, counts: dict[str, int], keep: bool, control: dict | None = None, columns: dict | None = None,
-            info: Any = None) -> tuple[int | None, dict[str, int], dict[str, int]]:
+            info: Any = None) -> tuple[int | None, dict[str, int], dict[str, int], list[float]]:
         """Store every frame up to ``counts`` (ring indices), then commit the episode with its control
-        rows (``keep``) or drop it; returns (episode index or None, frames stored, frames missed)."""
+        rows (``keep``) or drop it; returns (episode index or None, frames stored, frames missed, each
+        frame's hand-off latency from its camera process to this writer in seconds)."""
         self._conn.send(("end", counts, keep, control, columns or {}, info))
         return self._reply()
 

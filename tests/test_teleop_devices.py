@@ -190,3 +190,33 @@ def test_unknown_teleop_lists_devices():
 
     with pytest.raises(UserError, match="spacemouse, keyboard, gamepad, leader"):
         make_teleop("joystick")
+
+
+def test_leader_arm_on_an_emulated_feetech_bus():
+    # An SO-101 leader on a pseudo-terminal servo bus that answers the Feetech protocol, read through
+    # the vendor SDK: torque off (moved by hand), joint angles and gripper as the follower's action.
+    import math
+
+    from robolearn.hardware.arms import ArmConfig
+    from robolearn.hardware.arms.bus_emulator import ServoBusEmulator
+    from robolearn.teleop.leader import LeaderTeleop
+
+    with ServoBusEmulator("feetech") as bus:
+        leader = make_teleop("leader", None)
+        assert isinstance(leader, LeaderTeleop)
+        leader = LeaderTeleop(TeleopSettings(keys=False), ArmConfig(type="so101", serial_port=bus.port, action="joints"))
+        leader.connect()
+        try:
+            assert not any(bus.torque(i) for i in range(1, 7))
+            with bus._lock:  # the operator moves the leader by hand
+                bus._present.update({1: 2048 + 1024, 2: 2048 - 512, 6: 0.0})
+            a, intervening = leader.act({})
+            assert intervening and a.shape == (6,) and a.dtype == np.float32
+            np.testing.assert_allclose(a[:5], [math.pi / 2, -math.pi / 4, 0, 0, 0], atol=1e-6)
+            assert a[5] == 1.0  # gripper motor at its range's minimum: closed
+        finally:
+            leader.disconnect()
+    from robolearn.errors import UserError
+
+    with pytest.raises(UserError, match="needs the leader arm in the rig file's teleop.leader"):
+        LeaderTeleop(TeleopSettings(keys=False)).connect()

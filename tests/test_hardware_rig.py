@@ -55,6 +55,14 @@ def twin_dir(tmp_path_factory):
     return d
 
 
+def _episodes(out: Path) -> int:
+    try:
+        with DemoStore.open(out) as s:
+            return s.n_episodes
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
 def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
@@ -104,20 +112,47 @@ def test_rig_files_load_and_errors_name_the_key(tmp_path):
         make_rig("hardware/sim_twin.yaml", cameras=["x"])
 
 
-def test_record_on_the_twin_end_to_end(twin_dir):
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out.update(kids)
+            todo += kids
+    return out
+
+
+def test_record_on_the_twin_end_to_end_and_sigkill(twin_dir):
     # The CLI, as a user runs it, through every real process: twin world, arm controller, two camera
-    # processes, the store writer. The scripted operator replays a demonstration's actions.
+    # processes, the store writer. The scripted operator replays a demonstration's actions. After two
+    # episodes the recorder is killed with SIGKILL: both stay, intact, and no device process outlives it.
     out = twin_dir / "rec.zarr"
     cmd = [sys.executable, "-m", "robolearn", "record", "--rig", "hardware/sim_twin.yaml", "--teleop",
-           "replay:demo.zarr", "--task", "lift the red cube", "--episodes", "2", "--keep-failures", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=twin_dir, env=_env(), capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "frames stored: front" in r.stdout
+           "replay:demo.zarr", "--task", "lift the red cube", "--episodes", "50", "--keep-failures", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=twin_dir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: proc.poll() is not None or _episodes(out) >= 2, 240,
+              "two episodes")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        procs = _descendants(proc.pid)
+        assert len(procs) >= 5  # 2 cameras, arm controller, twin world, store writer
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait(lambda: not [p for p in procs if Path(f"/proc/{p}").exists()
+                       and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"], 30,
+          "the device processes to end with the recorder")
     v = subprocess.run([sys.executable, "-m", "robolearn", "data", "verify", str(out)], env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0 and "OK" in v.stdout, v.stdout + v.stderr
     with DemoStore.open(out) as s:
-        assert s.n_episodes == 2 and set(s.streams) == {"control", "front", "wrist"}
+        assert s.n_episodes >= 2 and set(s.streams) == {"control", "front", "wrist"}
         # Depth scales as the recordings' devices report them (a D405 differs from a D435).
         assert s.streams["front"]["front_depth"].depth_scale == pytest.approx(0.001)
         assert s.streams["wrist"]["wrist_depth"].depth_scale == pytest.approx(0.0001)
@@ -184,7 +219,7 @@ def test_keyboard_operator_starts_marks_discards_and_quits(twin_dir):
         os.write(master, b"w\r")  # a motion key while waiting (drives the arm, not recorded), then start
         time.sleep(1.5)
         os.write(master, b"y")  # success: stop and keep
-        _wait(lambda: out.exists() and DemoStore.open(out).n_episodes == 1 or not run.t.is_alive(), 60,
+        _wait(lambda: _episodes(out) == 1 or not run.t.is_alive(), 60,
               "the first episode")
         os.write(master, b"\r")
         time.sleep(1.0)

@@ -199,8 +199,11 @@ class HardwareRig(Rig):
             self.last_seed = seed
         obs = self.observe()
         for name, cam in self.cameras.items():
+            # The episode's frames are those after this one: a recording standing in for a camera may
+            # have waited, its ring full, while nobody read it (between episodes), so the frame in the
+            # ring now can be seconds old.
             f = cam.latest()
-            self._last_frame[name], self._start_index[name] = f.frame_number, f.index
+            self._last_frame[name], self._start_index[name] = f.frame_number, f.index + 1
             cam.reset_dropped()
         self._started_at = time.time()
         return obs
@@ -226,7 +229,7 @@ class HardwareRig(Rig):
 
     def rings(self) -> dict[str, tuple[str, int]]:
         """Per camera: its shared-memory ring and the ring index this episode's frames start at (the
-        frame ``reset`` observed), for a process that stores frames straight from the rings."""
+        first after ``reset``), for a process that stores frames straight from the rings."""
         return {name: (cam._ring.name, self._start_index.get(name, 0))  # noqa: SLF001 - the ring is shared by design
                 for name, cam in self.cameras.items()}
 

@@ -7,8 +7,8 @@ finishing, or a stop request.
 
 A real-time rig (``rig.realtime``) is paced at its ``control_hz`` on the wall clock; a simulator runs
 as fast as it can. A rig whose streams run on their own clocks gives every new sample through
-``rig.new_samples()`` (all camera frames, not only the one seen at a tick); ``sink`` takes those as
-they arrive (to stream them to disk) instead of keeping them in the returned episode.
+``rig.new_samples()`` (all camera frames, not only the one seen at a tick); a recorder that stores
+them itself as they arrive (from the cameras' shared memory) runs the loop with ``collect=False``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def run_episode(
     hold_steps: int = 0,
     stop: Callable[[int, StepResult], bool] | None = None,
     on_step: Callable[[int, Observation, np.ndarray, StepResult], None] | None = None,
-    sink: Callable[[str, Sample], None] | None = None,
     realtime: bool | None = None,
     on_reset: Callable[[Observation], None] | None = None,
     collect: bool = True,
@@ -93,8 +92,7 @@ def run_episode(
     ``hold_steps``: ticks kept after the task first succeeds, so demonstrations also show what "done"
     looks like. ``stop(step, result)`` is polled after every tick. A camera sample is kept only when it
     is new (its device time changed), so streams keep their own rates; rigs with ``new_samples`` give
-    every sample. ``sink(stream, sample)`` receives the non-control samples instead of the episode.
-    ``realtime`` (default: ``rig.realtime``) paces ticks at ``rig.control_hz``; a tick that overruns
+    every sample. ``realtime`` (default: ``rig.realtime``) paces ticks at ``rig.control_hz``; a tick that overruns
     its slot is not made up for with a burst: the next one starts at the next slot. ``on_reset(obs)``
     runs right after the rig's reset; ``collect=False`` keeps only the control rows (another process
     stores the other streams, e.g. straight from the cameras' shared memory)."""
@@ -107,7 +105,7 @@ def run_episode(
     if on_reset is not None:
         on_reset(obs)
     controller.reset(getattr(rig, "last_seed", seed))
-    rows: dict[str, StreamRows] = {s: StreamRows() for s in obs if sink is None or s == CONTROL_STREAM}
+    rows: dict[str, StreamRows] = {s: StreamRows() for s in obs if collect or s == CONTROL_STREAM}
     last_t: dict[str, float] = {}
     actions: list[np.ndarray] = []
     interventions: list[bool] = []
@@ -122,10 +120,7 @@ def run_episode(
     t_next = time.monotonic()
 
     def keep(stream: str, sample: Sample) -> None:
-        if sink is not None:
-            sink(stream, sample)
-        else:
-            rows.setdefault(stream, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
+        rows.setdefault(stream, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
 
     for step in range(limit):
         if paced:

@@ -276,3 +276,33 @@ def test_a_dead_camera_ends_the_run_keeping_committed_episodes(twin_dir):
     with DemoStore.open(out) as st:
         assert st.n_episodes == 1 and verify(out).ok
         np.testing.assert_array_equal(st.read("action", 0), ACTIONS)
+
+
+def test_run_episode_on_the_hardware_rig_keeps_every_frame(twin_dir):
+    # The one rollout loop on a real-time rig without the recorder: paced at control_hz, every camera
+    # frame since reset (new_samples -> frames_since), not one per tick.
+    from robolearn.rollout import run_episode
+
+    cwd = os.getcwd()
+    os.chdir(twin_dir)
+    try:
+        with make_rig("hardware/sim_twin.yaml", overrides=["control_hz=10"]) as rig:
+            assert rig.features["front"]["front_depth"].depth_scale == pytest.approx(0.001)
+            assert rig.action_feature.shape == (7,) and rig.control_hz == 10
+            teleop = ReplayTeleop(str(twin_dir / "demo.zarr"))
+            teleop.connect(rig)
+            ep = run_episode(rig, teleop, seed=3, max_steps=12)
+            notes = rig.episode_notes()
+    finally:
+        os.chdir(cwd)
+    assert ep.steps == 12 and rig.last_seed == 3
+    periods = np.diff(ep.tick_times)
+    assert np.median(periods) == pytest.approx(0.1, abs=0.02)  # paced on the wall clock
+    for i, cam in enumerate(("front", "wrist")):
+        rows = ep.streams[cam]
+        n = len(rows["t_host"])
+        assert n >= 25  # ~33 frames in 1.1 s at 30 fps
+        ks = [next(k for k in range(FRAMES) if (3 * k) % 256 == im[0, 0, 0]) for im in rows[f"{cam}_image"]]
+        gaps = sum((b - a - 1) % FRAMES for a, b in zip(ks, ks[1:], strict=False))
+        assert gaps <= notes["dropped_frames"][cam]
+        np.testing.assert_array_equal(rows[f"{cam}_depth"][-1], pattern(i, ks[-1], 480, 640)[1])

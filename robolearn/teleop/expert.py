@@ -25,7 +25,8 @@ class ExpertTeleop(Teleoperator):
         from robolearn.rigs.sim import SimRig
 
         if not isinstance(rig, SimRig):
-            raise UserError(f"the scripted expert drives only simulated rigs (sim:<task>), not {rig.name}")
+            raise UserError(f"the scripted expert drives only simulated rigs (sim:<task>), not {rig.name}; on a "
+                            "rig file use a device (spacemouse, keyboard, gamepad, leader) or replay:<store>")
         if not rig.task.expert:
             raise UserError(f"task {rig.task.name!r} names no expert (field 'expert' in {rig.task.source}); "
                             "record it with a teleoperation device instead")

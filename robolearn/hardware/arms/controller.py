@@ -174,6 +174,8 @@ class ServoLoop:
                 self.driver.reset(msg[1])
                 self.state = self.driver.read()
                 self.status, self.fault, self.traj, self.grip_traj = IDLE, "", None, None
+                self.t_host = time.monotonic()
+                self.publish()  # the client reads the new episode's state as soon as reset() returns
                 self.conn.send(("reset", None))
             except Exception as e:  # noqa: BLE001 - reported to the client as one line
                 self.conn.send(("reset", f"{type(e).__name__}: {e}"))
@@ -355,6 +357,9 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - printed, then the arm is stopped below
         why = f"error: {type(e).__name__}: {e}"
     finally:
+        # Stopping must not be cut short by a second signal (the parent-death SIGTERM often follows EOF).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             driver.stop()
             print(f"robolearn arm controller: {why}; arm stopped", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -61,6 +62,18 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _realtime(priority: int) -> None:
+    """Run the servo loop under SCHED_FIFO where allowed; processes it starts (the twin's world) get
+    normal scheduling back (reset-on-fork)."""
+    if not priority or not hasattr(os, "SCHED_FIFO"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except (PermissionError, OSError):
+        print("robolearn arm controller: no permission for real-time scheduling (SCHED_FIFO); the servo loop "
+              "runs with normal priority", file=sys.stderr, flush=True)
 
 
 class _Terminate(BaseException):
@@ -328,6 +341,7 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
     die_with_parent()
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C in the terminal reaches the whole process group
+    _realtime(cfg.rt_priority)
     driver = make_driver(cfg)
     try:
         driver.connect()

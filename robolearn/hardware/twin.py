@@ -13,6 +13,7 @@ calibration).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -164,11 +165,16 @@ class _World:
         self.publish()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
     """The world process: step the task at its control rate until told to close or the parent goes."""
     from robolearn.hardware.arms.controller import die_with_parent
 
     die_with_parent()
+    signal.signal(signal.SIGTERM, _interrupt)  # leave through the finally below, which frees the memory
     parent = os.getppid()
     try:
         world = _World(cfg)

@@ -105,6 +105,16 @@ class ArmConfig:
     watchdog_s: float = field(default=0.5, metadata={"gt": 0.0})  # no command for this long: stop
     stale_s: float = field(default=0.5, metadata={"gt": 0.0})  # no arm state for this long: fault
     connect_timeout_s: float = field(default=60.0, metadata={"gt": 0.0})
+    # SCHED_FIFO priority of the servo loop (Linux, root or CAP_SYS_NICE); 0: normal scheduling. Without
+    # it a busy machine delays ticks by milliseconds (benchmarks/bench_arm.py). Default (null): 50, but 0
+    # for the bus arms, whose SDKs busy-wait for status packets and would hog a core at real-time priority.
+    realtime_priority: int | None = field(default=None, metadata={"min": 0, "max": 99})
+
+    @property
+    def rt_priority(self) -> int:
+        if self.realtime_priority is not None:
+            return self.realtime_priority
+        return 0 if self.type in ("so100", "so101", "koch") else 50
     # The MuJoCo twin: a sim task's robot and objects (task name or YAML), its seed, injected latency.
     task: str | None = None
     seed: int | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -61,6 +62,18 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _realtime(priority: int) -> None:
+    """Run the servo loop under SCHED_FIFO where allowed; processes it starts (the twin's world) get
+    normal scheduling back (reset-on-fork)."""
+    if not priority or not hasattr(os, "SCHED_FIFO"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except (PermissionError, OSError):
+        print("robolearn arm controller: no permission for real-time scheduling (SCHED_FIFO); the servo loop "
+              "runs with normal priority", file=sys.stderr, flush=True)
 
 
 class _Terminate(BaseException):
@@ -174,6 +187,8 @@ class ServoLoop:
                 self.driver.reset(msg[1])
                 self.state = self.driver.read()
                 self.status, self.fault, self.traj, self.grip_traj = IDLE, "", None, None
+                self.t_host = time.monotonic()
+                self.publish()  # the client reads the new episode's state as soon as reset() returns
                 self.conn.send(("reset", None))
             except Exception as e:  # noqa: BLE001 - reported to the client as one line
                 self.conn.send(("reset", f"{type(e).__name__}: {e}"))
@@ -326,6 +341,7 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
     die_with_parent()
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C in the terminal reaches the whole process group
+    _realtime(cfg.rt_priority)
     driver = make_driver(cfg)
     try:
         driver.connect()
@@ -355,6 +371,9 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - printed, then the arm is stopped below
         why = f"error: {type(e).__name__}: {e}"
     finally:
+        # Stopping must not be cut short by a second signal (the parent-death SIGTERM often follows EOF).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             driver.stop()
             print(f"robolearn arm controller: {why}; arm stopped", file=sys.stderr, flush=True)

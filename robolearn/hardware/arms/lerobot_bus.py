@@ -126,9 +126,11 @@ class BusArm(Arm):
         for _ in range(int(self.opt["retries"])):
             try:
                 result = fn()
-            except Exception as e:  # noqa: BLE001 - pyserial's SerialException/OSError when unplugged
+            except OSError as e:  # pyserial's SerialException is an OSError: the adapter is gone
                 raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}") \
                     from None
+            except (IndexError, ValueError):  # the SDKs index into a garbled packet: a failed try
+                result = self._sdk.COMM_RX_CORRUPT
             if result == 0:
                 return result
             try:  # drop a late or broken answer before asking again

@@ -287,6 +287,20 @@ class _Status:
             print(file=sys.stderr, flush=True)
 
 
+def _realtime_thread(priority: int) -> bool:
+    """Run the calling thread (the control loop) under SCHED_FIFO; processes started later get normal
+    scheduling (reset-on-fork). False where not permitted or asked for."""
+    if not priority or not hasattr(os, "SCHED_FIFO"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError:
+        print("robolearn record: no permission for real-time scheduling (SCHED_FIFO); the control loop runs "
+              "with normal priority", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 class _Collector:
     """A rig and its teleoperator, running attempts (in this process or a worker)."""
 
@@ -306,6 +320,9 @@ class _Collector:
         self.operator = _Operator(self.teleop)
         self.status = _Status(cfg.status and self.rig.realtime)
         self.n = 0  # attempts begun
+        # After every device process and reader thread has started: they keep normal scheduling.
+        self._rt = self.rig.realtime and _realtime_thread(getattr(getattr(self.rig, "config", None),
+                                                                  "realtime_priority", 0))
 
     def _wait_for_start(self) -> bool:
         """Between episodes: the operator drives the rig (not recorded) until START (True) or QUIT."""
@@ -389,6 +406,8 @@ class _Collector:
                        rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1, end)
 
     def close(self) -> None:
+        if self._rt:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         try:
             self.teleop.disconnect()
         finally:

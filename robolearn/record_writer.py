@@ -28,6 +28,10 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the recorder's; it tells this process what to do
+    try:  # keep up with the cameras on a busy machine (its ring holds ~2 s of frames); needs root or CAP_SYS_NICE
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+    except OSError:
+        pass
     from robolearn.data.store import DemoStore
     from robolearn.record import _declare
 

@@ -57,6 +57,9 @@ class RigConfig:
     task: str = ""  # what the operator demonstrates, unless `record --task` says
     max_episode_s: float = field(default=300.0, metadata={"gt": 0.0})
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    # SCHED_FIFO priority of the recorder's control loop (Linux, root or CAP_SYS_NICE), below the arm's
+    # servo loop (50); 0: normal scheduling. Without it a busy machine delays ticks by milliseconds.
+    realtime_priority: int = field(default=40, metadata={"min": 0, "max": 99})
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def validate(self) -> None:

@@ -1,5 +1,7 @@
 """A gamepad through Linux evdev (/dev/input/eventN): the kernel's ``input_event`` records, parsed
-here, with the axis ranges read from the device (``evdev``'s absinfo).
+here, with the axis ranges read from the device through the ``evdev`` package (optional:
+``pip install 'robolearn[gamepad]'``; without it the pad must be named by ``teleop.path`` and
+xpad's ranges are assumed). The event codes are the kernel's (linux/input-event-codes.h).
 
 Default layout (an Xbox-style pad): left stick x/y, right stick up/down z and left/right yaw, the
 d-pad roll and pitch, the right trigger closes the gripper (analog), the right bumper toggles it.
@@ -10,14 +12,19 @@ from __future__ import annotations
 
 import glob
 import struct
-
-from evdev import ecodes
+from types import SimpleNamespace
 
 from robolearn.errors import UserError
 from robolearn.teleop.base import Event
 from robolearn.teleop.devices import DeviceTeleop, TeleopSettings
 
 EVENT = struct.Struct("llHHi")  # struct input_event: timeval, type, code, value
+# The kernel's event codes (a stable ABI, linux/input-event-codes.h; evdev.ecodes has the same values).
+ecodes = SimpleNamespace(
+    EV_SYN=0, EV_KEY=1, EV_ABS=3, SYN_REPORT=0, ABS_X=0, ABS_Y=1, ABS_Z=2, ABS_RX=3, ABS_RY=4, ABS_RZ=5,
+    ABS_HAT0X=16, ABS_HAT0Y=17, BTN_SOUTH=304, BTN_EAST=305, BTN_NORTH=307, BTN_WEST=308, BTN_TL=310,
+    BTN_TR=311, BTN_SELECT=314, BTN_START=315, BTN_MODE=316,
+)
 
 # evdev axis -> (our axis, sign); stick "up" is negative on every pad.
 STICKS = {ecodes.ABS_X: ("y", -1.0), ecodes.ABS_Y: ("x", -1.0), ecodes.ABS_RY: ("z", -1.0),
@@ -43,9 +50,18 @@ def parse_events(data: bytes) -> tuple[list[tuple[float, int, int, int]], bytes]
     return out, data[n * EVENT.size:]
 
 
+def _evdev():  # noqa: ANN202
+    try:
+        import evdev
+    except ImportError:
+        raise UserError("finding a gamepad and reading its axis ranges needs the evdev package: "
+                        "pip install 'robolearn[gamepad]'") from None
+    return evdev
+
+
 def find_gamepad() -> str:
     """The first event device with a gamepad's south button and sticks."""
-    from evdev import InputDevice
+    InputDevice = _evdev().InputDevice  # noqa: N806
 
     for path in sorted(glob.glob("/dev/input/event*")):
         try:
@@ -74,8 +90,7 @@ class GamepadTeleop(DeviceTeleop):
 
     def connect(self, rig=None) -> None:  # noqa: ANN001 - as the base
         if self._fd is None:  # a real device: ask it for its axis ranges
-            from evdev import InputDevice
-
+            InputDevice = _evdev().InputDevice  # noqa: N806
             path = self.settings.path or self.find_device()
             self.settings.path = path
             try:

@@ -33,6 +33,7 @@ from robolearn.rollout import Episode, run_episode
 from robolearn.teleop import Event, Teleoperator, make_teleop
 
 CODECS = ("qoi", "jpeg")
+HUMAN_DEVICES = ("spacemouse", "keyboard", "gamepad", "leader")  # one operator: one attempt at a time
 
 
 @dataclass
@@ -380,8 +381,10 @@ class _Collector:
                 self.status.episode(self.n, self.status.t0, {"control": step + 1, **written}, drops(), behind)
         begun = False
         try:
+            # A human drives in real time, also in simulation: the loop is paced at the rig's rate then.
             ep = run_episode(rig, self.teleop, seed, hold_steps=self.cfg.hold_steps, stop=self.operator.stop,
-                             on_step=on_step, on_reset=on_reset, collect=live is None)
+                             on_step=on_step, on_reset=on_reset, collect=live is None,
+                             realtime=rig.realtime or not self.teleop.autostart)
             begun = True
         finally:
             if live is not None:
@@ -505,7 +508,8 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     summary = RecordSummary(out=str(cfg.out))
     max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
     workers = cfg.workers or min(os.cpu_count() or 1, 4)
-    workers = max(1, min(workers, max_attempts)) if rig_class(cfg.rig).supports_parallel_attempts else 1
+    parallel = rig_class(cfg.rig).supports_parallel_attempts and cfg.teleop not in HUMAN_DEVICES
+    workers = max(1, min(workers, max_attempts)) if parallel else 1
     t_start = time.perf_counter()
 
     # SIGTERM (e.g. from a supervisor) ends the run like Ctrl-C: the episode in flight is dropped,

@@ -106,6 +106,16 @@ def test_rig_files_load_and_errors_name_the_key(tmp_path):
         p.write_text(text)
         with pytest.raises(ConfigError, match=rf"bad{i}\.yaml: {match}"):
             load_rig_config(p)
+    from robolearn.rigs.launch import load_launch
+
+    for f in sorted((ROOT / "launch").glob("*.yaml")):
+        launch = load_launch(f)
+        load_rig_config(launch.rig, launch.set)
+    assert load_launch(ROOT / "launch" / "sim_twin_record.yaml").record.teleop == "keyboard"
+    bad = tmp_path / "launch.yaml"
+    bad.write_text("rig: hardware/sim_twin.yaml\nrecord: {episodes: 2}\n")
+    with pytest.raises(ConfigError, match=r"launch\.yaml: record: missing required key 'out'"):
+        load_launch(bad)
     with pytest.raises(UserError, match="rig file not found"):
         make_rig("hardware/none.yaml")
     with pytest.raises(UserError, match="apply to sim:<task> rigs only"):

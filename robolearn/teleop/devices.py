@@ -153,7 +153,7 @@ class DeviceTeleop(Teleoperator):
             try:
                 self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             except OSError as e:
-                raise UserError(f"{self.name}: cannot open {path}: {e.strerror} "
+                raise UserError(f"teleoperator '{self.name}': cannot open {path}: {e.strerror} "
                                 "(is it plugged in, and readable by this user?)") from None
             self._own_fd = True
         self._stop.clear()

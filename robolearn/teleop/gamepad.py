@@ -72,8 +72,8 @@ def find_gamepad() -> str:
             continue
         if ecodes.BTN_SOUTH in caps.get(ecodes.EV_KEY, []) and ecodes.EV_ABS in caps:
             return path
-    raise UserError("no gamepad found under /dev/input (none with sticks and buttons, or not readable by "
-                    "this user); plug one in or set teleop.path to its /dev/input/eventN")
+    raise UserError("teleoperator 'gamepad': no gamepad found under /dev/input (none with sticks and buttons, "
+                    "or not readable by this user); plug one in or set teleop.path to its /dev/input/eventN")
 
 
 class GamepadTeleop(DeviceTeleop):

@@ -58,7 +58,7 @@ class KeyboardTeleop(DeviceTeleop):
         source = self._fd if self._fd is not None else (self.settings.path or self.settings.keys_tty)
         if source is None:
             if not os.isatty(0):
-                raise UserError("teleoperator keyboard needs a terminal: run record in one, or set teleop.path "
+                raise UserError("teleoperator 'keyboard' needs a terminal: run record in one, or set teleop.path "
                                 "to a tty")
             source = "/dev/tty"
         self._keys = TerminalKeys(source, self.on_key, self.settings.key_hold_s)

@@ -59,7 +59,8 @@ def find_spacemouse() -> str:
         name = fields.get("HID_NAME", "").lower()
         if int(vendor, 16) in VENDORS and ("3dconnexion" in name or "space" in name or int(vendor, 16) == 0x256F):
             return f"/dev/{os.path.basename(node)}"
-    raise UserError("no SpaceMouse found (no 3Dconnexion hidraw device); plug it in, or set teleop.path "
+    raise UserError("teleoperator 'spacemouse': no SpaceMouse found (no 3Dconnexion hidraw device); plug it in, "
+                    "or set teleop.path "
                     "to its /dev/hidrawN (and make it readable: a udev rule with MODE=\"0666\")")
 
 

@@ -390,7 +390,7 @@ class _Collector:
             if live is not None:
                 end = rig.ring_counts()
                 if starts:
-                    live.stop(end)  # at once: frames arriving after this belong to no episode
+                    live.stop(end, time.monotonic())  # at once: frames arriving after this belong to no episode
                 if hasattr(rig, "stop"):
                     rig.stop()  # hold the arm while the operator decides and resets
                 self.status.done()

@@ -46,6 +46,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
     cursor: dict[str, int] = {}
     missed: dict[str, int] = {}
     limit: dict[str, int] = {}  # ring index where the episode's frames end (once the episode has ended)
+    t_end = float("inf")  # and the host time it ended at
     handoff: list[float] = []  # per frame: taken out of the ring minus received by the camera process (s)
     ep = None
 
@@ -56,7 +57,7 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
                 continue
             entries, m = ring.since(cursor[stream], copy=True)
             now = time.monotonic()  # camera t_host is on this clock (the rig's clock_origin)
-            entries = [e for e in entries if e.index < limit.get(stream, 1 << 62)]
+            entries = [e for e in entries if e.index < limit.get(stream, 1 << 62) and e.t_host <= t_end]
             handoff.extend(now - e.t_host for e in entries)
             missed[stream] += m
             for e in entries:
@@ -86,10 +87,12 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
                         slot[stream], cursor[stream], missed[stream] = i, int(start), 0
                         written[i] = 0
                     limit.clear()
+                    t_end = float("inf")
                     handoff.clear()
                     ep = store.begin_episode()
                 elif kind == "stop":  # the episode ended: its frames are those before these ring counts
                     limit.update(msg[1])
+                    t_end = msg[2]
                 elif kind == "end":  # (end counts, keep, control rows, columns, info)
                     _, end, keep, control, columns, info = msg
                     deadline = time.monotonic() + 2.0
@@ -163,9 +166,9 @@ class LiveWriter:
         self._streams = list(rings)
         self._conn.send(("begin", rings))
 
-    def stop(self, counts: dict[str, int]) -> None:
-        """The episode ended when the rings held ``counts`` frames: store none after those."""
-        self._conn.send(("stop", counts))
+    def stop(self, counts: dict[str, int], t_end: float) -> None:
+        """The episode ended at host time ``t_end``, when the rings held ``counts`` frames: store none after."""
+        self._conn.send(("stop", counts, t_end))
 
     def written(self) -> dict[str, int]:
         """Frames stored so far in this episode, per stream."""

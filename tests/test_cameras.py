@@ -196,7 +196,7 @@ def test_a_camera_that_goes_silent_raises_within_its_timeout(recs):
         assert not isinstance(ei.value, PlaybackEnded)
         assert seen[-1] == _frame_numbers(40)[8]
         age = float(str(ei.value).split("no frame for ")[1].split(" s")[0])
-        assert age >= 0.3 and 0.3 - 0.05 <= detected_after < 0.3 + 0.4  # (seen a bit after it was written)
+        assert age >= 0.3 and detected_after < 0.3 + 0.5  # within the timeout (plus scheduling on a busy machine)
 
 
 def test_a_stopped_or_killed_camera_process_is_an_error_not_a_hang(recs):

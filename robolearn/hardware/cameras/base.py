@@ -132,7 +132,13 @@ class CameraStream:
 
     Reads return copies by default (a frame kept by a recorder must not change under it);
     ``copy=False`` gives read-only views into shared memory, valid until the camera wraps around the
-    ring (``ring_frames`` frames later; :meth:`still_valid` tells)."""
+    ring (``ring_frames`` frames later; :meth:`still_valid` tells). :meth:`frames_since` is meant for
+    one consumer per camera (the recorder); any number may call :meth:`latest` and :meth:`nearest`.
+
+    Another producer (a simulator's rendered camera) plugs in behind the same handle: create the
+    ring with ``ShmRing.create(cfg.ring_specs(), cfg.ring_frames)``, start a process that attaches
+    to it, calls ``set_info({"depth_scale": ..., "clock": ...})``, sets ``state = RUNNING`` and
+    ``write``\ s each frame, and wrap them in ``CameraStream(cfg, ring, process, clock_origin)``."""
 
     def __init__(self, cfg: CameraConfig, ring: ShmRing, process: Any, clock_origin: float | None) -> None:
         self.cfg, self._ring, self._process = cfg, ring, process

@@ -128,7 +128,7 @@ class PlaybackEnded(RigError):
 
 
 class CameraStream:
-    """The consumer's handle on one camera process; see the module docstring.
+    r"""The consumer's handle on one camera process; see the module docstring.
 
     Reads return copies by default (a frame kept by a recorder must not change under it);
     ``copy=False`` gives read-only views into shared memory, valid until the camera wraps around the

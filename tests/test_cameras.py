@@ -61,7 +61,9 @@ def recs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _cfg(name: str, path: Path, **kw) -> CameraConfig:
-    base = dict(name=name, type="playback", path=path, width=W, height=H, fps=FPS, depth=True, align_depth=False)
+    # A generous stall timeout where stalls are not under test: the test machine may be busy.
+    base = dict(name=name, type="playback", path=path, width=W, height=H, fps=FPS, depth=True, align_depth=False,
+                timeout_s=2.0)
     return CameraConfig(**{**base, **kw})
 
 

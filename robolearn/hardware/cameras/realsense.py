@@ -219,7 +219,7 @@ class RealSenseSource(Source):
             if self._playback is not None and self._playback.current_status() == self.rs.playback_status.stopped:
                 # The SDK says stopped once the file is read; give the last callbacks a moment.
                 self._stopped_at = self._stopped_at or time.time()
-                if time.time() - self._stopped_at > 0.25 and self._queue.empty():
+                if time.time() - self._stopped_at > 0.03 and self._queue.empty():
                     raise EndOfStream()
             if time.time() >= deadline:
                 return None

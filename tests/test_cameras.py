@@ -284,3 +284,21 @@ def test_hardware_list_without_devices_says_so_and_exits_0():
         assert "No RealSense devices connected" in r.stdout
     if not list(Path("/dev").glob("video*")):
         assert "No video devices" in r.stdout
+
+
+def test_video_devices_are_listed_with_their_sysfs_names(tmp_path):
+    from robolearn.hardware.listing import format_hardware, video_devices
+
+    dev, sysfs = tmp_path / "dev", tmp_path / "sys"
+    for n, name in ((0, "HD Pro Webcam C920"), (10, "Loopback video device"), (2, None)):
+        (dev / f"video{n}").parent.mkdir(parents=True, exist_ok=True)
+        (dev / f"video{n}").write_text("")
+        if name:
+            (sysfs / f"video{n}").mkdir(parents=True)
+            (sysfs / f"video{n}" / "name").write_text(name + "\n")
+    vids = video_devices(str(sysfs), str(dev))
+    assert [(Path(v["path"]).name, v["name"]) for v in vids] == \
+        [("video0", "HD Pro Webcam C920"), ("video2", ""), ("video10", "Loopback video device")]
+    text = format_hardware({"realsense": [{"serial": "123", "model": "Intel RealSense D405", "firmware": "5.16",
+                                           "usb": "3.2"}], "realsense_note": None, "video": vids})
+    assert "123" in text and "Intel RealSense D405" in text and "USB 3.2" in text and "HD Pro Webcam C920" in text

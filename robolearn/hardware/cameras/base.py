@@ -9,7 +9,6 @@ it already has, counts dropped frames, and turns a camera that stops delivering 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -365,7 +364,3 @@ def open_camera(cfg: CameraConfig, clock_origin: float | None = None, wait_first
         raise
     return stream
 
-
-def rs_time(ms: float) -> float:
-    """RealSense timestamps are milliseconds."""
-    return ms / 1000.0 if math.isfinite(ms) else float("nan")

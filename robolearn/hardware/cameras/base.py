@@ -363,4 +363,3 @@ def open_camera(cfg: CameraConfig, clock_origin: float | None = None, wait_first
         stream.close()
         raise
     return stream
-

@@ -41,20 +41,22 @@ def _depth(i: int, seed: int) -> np.ndarray:
 
 
 def _recording(path: Path, n: int, seed: int, depth_scale: float, serial: str, silence_after: int | None = None,
-               silence_ms: float = 0.0, realtime: bool = False) -> Path:
+               silence_ms: float = 0.0, realtime: bool = False, single_sensor: bool = False) -> Path:
     def frames():
         for i, fn in enumerate(_frame_numbers(n)):
             t = T0_MS + (fn - 100) * 1000.0 / FPS + (silence_ms if silence_after is not None and i > silence_after else 0)
             yield RecordedFrame(_color(i, seed), fn, t, _depth(i, seed), depth_t_ms=t + 1.5)  # depth 1.5 ms later
 
-    return write_recording(path, frames(), W, H, FPS, depth_scale=depth_scale, serial=serial, realtime=realtime)
+    return write_recording(path, frames(), W, H, FPS, depth_scale=depth_scale, serial=serial, realtime=realtime,
+                           single_sensor=single_sensor)
 
 
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("recs")
     return {"a": _recording(d / "a.db3", 40, seed=1, depth_scale=0.001, serial="111111111111"),
-            "b": _recording(d / "b.db3", 30, seed=2, depth_scale=0.0001, serial="222222222222"),
+            # D405-like: colour and depth from one sensor, 0.1 mm depth units.
+            "b": _recording(d / "b.db3", 30, seed=2, depth_scale=0.0001, serial="222222222222", single_sensor=True),
             "live": _recording(d / "live.db3", 40, seed=1, depth_scale=0.001, serial="444444444444", realtime=True),
             "silent": _recording(d / "silent.db3", 40, seed=3, depth_scale=0.001, serial="333333333333",
                                  silence_after=8, silence_ms=3000.0)}

@@ -55,7 +55,9 @@ def make_recording(path: Path, frames: int, width: int, height: int, fps: int) -
                                 (ramp + 10 * i).astype(np.uint16))
 
     print(f"recording {frames} frames {width}x{height} into {path} ...", flush=True)
-    return write_recording(path, gen(), width, height, fps, depth_scale=0.001)
+    tmp = path.with_name(path.stem + ".partial.db3")
+    write_recording(tmp, gen(), width, height, fps, depth_scale=0.001)
+    return tmp.replace(path)  # whole or not at all: a cached recording is reused
 
 
 def measure(streams: list[CameraStream], seconds: float, poll_s: float = 0.0005) -> dict[str, Any]:

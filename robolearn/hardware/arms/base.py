@@ -115,6 +115,7 @@ class ArmConfig:
         if self.realtime_priority is not None:
             return self.realtime_priority
         return 0 if self.type in ("so100", "so101", "koch") else 50
+
     # The MuJoCo twin: a sim task's robot and objects (task name or YAML), its seed, injected latency.
     task: str | None = None
     seed: int | None = None

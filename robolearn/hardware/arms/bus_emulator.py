@@ -168,6 +168,13 @@ class ServoBusEmulator:
         os.write(self._master, packet)
 
     def _serve(self) -> None:
+        # Real motors answer within microseconds whatever the host is doing; where allowed, give this
+        # thread real-time priority so a busy machine does not make the emulated bus miss the SDK's
+        # status timeouts (which a real bus would not).
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(60))
+        except (AttributeError, PermissionError, OSError):
+            pass
         buf = bytearray()
         while not self._closed:
             try:

@@ -67,14 +67,24 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"arm\.action: .*action: joints"):
         load_config(ArmConfig, {"type": "so101", "serial_port": "/dev/ttyACM0"}, prefix="arm")
     with pytest.raises(ConfigError, match=r"arm\.limits\.workspace_min: .*below workspace_max"):
-        load_config(ArmConfig, {"type": "twin", "task": "lift",
-                                "limits": {"workspace_min": [0, 0, 1], "workspace_max": [1, 1, 0.5]}}, prefix="arm")
+        load_config(
+            ArmConfig,
+            {
+                "type": "twin",
+                "task": "lift",
+                "limits": {"workspace_min": [0, 0, 1], "workspace_max": [1, 1, 0.5]},
+            },
+            prefix="arm",
+        )
     with pytest.raises(ConfigError, match=r"arm\.host"):
         load_config(ArmConfig, {"type": "franka"}, prefix="arm")
     with pytest.raises(ConfigError, match=r"unknown key 'servo_rate'.*servo_hz"):
         load_config(ArmConfig, {"type": "twin", "task": "lift", "servo_rate": 200}, prefix="arm")
-    cfg = load_config(ArmConfig, {"type": "koch", "serial_port": "/dev/ttyUSB0", "action": "joints",
-                                  "limits": {"max_joint_speed": 2}}, prefix="arm")
+    cfg = load_config(
+        ArmConfig,
+        {"type": "koch", "serial_port": "/dev/ttyUSB0", "action": "joints", "limits": {"max_joint_speed": 2}},
+        prefix="arm",
+    )
     assert cfg.limits.max_joint_speed == 2.0 and cfg.servo_hz == 125.0
 
 
@@ -91,6 +101,7 @@ def test_missing_vendor_sdk_is_a_one_line_install_hint(arm_type: str, extra: str
 def test_missing_sdk_surfaces_from_the_controller_process() -> None:
     try:
         import rtde_control  # noqa: F401
+
         pytest.skip("ur-rtde is installed here")
     except ImportError:
         pass
@@ -123,8 +134,9 @@ def test_vendor_pose_conversions() -> None:
 @pytest.fixture(scope="module")
 def twin():
     # stale_s: a loaded 2-core CI machine can starve the world process for a while.
-    arm = open_arm(ArmConfig(type="twin", task="lift", seed=0, watchdog_s=0.4, stale_s=3.0,
-                             limits=SafetyLimits(**FAST)))
+    arm = open_arm(
+        ArmConfig(type="twin", task="lift", seed=0, watchdog_s=0.4, stale_s=3.0, limits=SafetyLimits(**FAST))
+    )
     yield arm
     arm.close()
 
@@ -215,7 +227,9 @@ def test_sim_actions_drive_the_twin_and_the_expert_lifts_the_cube(twin, sim) -> 
 
 def test_workspace_box_holds_the_arm_at_its_wall(twin) -> None:
     p0 = _fresh(twin)
-    box = SafetyLimits(workspace_min=tuple(p0[:3] - [0.3, 0.3, 0.05]), workspace_max=tuple(p0[:3] + 0.3), **FAST)
+    box = SafetyLimits(
+        workspace_min=tuple(p0[:3] - [0.3, 0.3, 0.05]), workspace_max=tuple(p0[:3] + 0.3), **FAST
+    )
     p0 = _fresh(twin, box)
     before = twin.status()["box_clips"]
     below = p0.copy()
@@ -264,7 +278,7 @@ def _pose_or(arm, default: np.ndarray) -> np.ndarray:
     except RigError:
         vec, _, _ = arm._shm.read()
         off, _ = arm._layout["robot0_eef_pos"]
-        return np.concatenate([vec[off: off + 3], default[3:]])
+        return np.concatenate([vec[off : off + 3], default[3:]])
 
 
 def test_joint_limit_stops_the_arm(twin) -> None:
@@ -337,8 +351,9 @@ def test_sigkill_of_the_client_stops_the_arm_and_ends_its_processes(tmp_path: Pa
     script = tmp_path / "client.py"
     script.write_text(_CLIENT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
     try:
         line = proc.stdout.readline()
         controller, world = map(int, line.split())

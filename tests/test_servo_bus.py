@@ -39,16 +39,32 @@ def test_dynamixel_crc_matches_the_protocol_reference() -> None:
 
 
 @pytest.mark.parametrize("protocol,arm_type", ARMS)
-def test_bus_arm_follows_joint_commands_and_survives_latency_and_bad_checksums(protocol: str, arm_type: str,
-                                                                               tmp_path: Path) -> None:
-    cal = {n: {"id": i + 1, "drive_mode": 1 if n == "elbow_flex" else 0, "homing_offset": 0,
-               "range_min": 1024, "range_max": 3072}
-           for i, n in enumerate(("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll",
-                                  "gripper"))}
+def test_bus_arm_follows_joint_commands_and_survives_latency_and_bad_checksums(
+    protocol: str, arm_type: str, tmp_path: Path
+) -> None:
+    cal = {
+        n: {
+            "id": i + 1,
+            "drive_mode": 1 if n == "elbow_flex" else 0,
+            "homing_offset": 0,
+            "range_min": 1024,
+            "range_max": 3072,
+        }
+        for i, n in enumerate(
+            ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
+        )
+    }
     (tmp_path / "cal.json").write_text(json.dumps(cal))
     with ServoBusEmulator(protocol, latency_s=0.002) as bus:
-        cfg = ArmConfig(type=arm_type, serial_port=bus.port, action="joints", calibration=tmp_path / "cal.json",
-                        options=OPT, watchdog_s=1.0, limits=SafetyLimits(max_joint_speed=4.0))
+        cfg = ArmConfig(
+            type=arm_type,
+            serial_port=bus.port,
+            action="joints",
+            calibration=tmp_path / "cal.json",
+            options=OPT,
+            watchdog_s=1.0,
+            limits=SafetyLimits(max_joint_speed=4.0),
+        )
         arm = open_arm(cfg)
         try:
             assert all(bus.torque(i) for i in range(1, 7))
@@ -75,7 +91,9 @@ def test_bus_arm_follows_joint_commands_and_survives_latency_and_bad_checksums(p
             assert bus.packets > 50 and bus.bad_packets == 0
             # A jump of more than max_joint_step in one tick is refused: the arm stops where it is.
             arm.send_action(np.append(target + [0.5, 0, 0, 0, 0], 1.0))
-            with pytest.raises(RigError, match=r"joint command jumps 0\.500 rad in one tick \(max_joint_step 0\.2\)"):
+            with pytest.raises(
+                RigError, match=r"joint command jumps 0\.500 rad in one tick \(max_joint_step 0\.2\)"
+            ):
                 assert _wait(lambda: arm.state() is None, 2.0)
             assert abs(bus.goal(1) - ticks[0]) <= 2
         finally:
@@ -86,18 +104,22 @@ def test_bus_arm_follows_joint_commands_and_survives_latency_and_bad_checksums(p
 @pytest.mark.parametrize("protocol,arm_type", ARMS)
 def test_persistent_checksum_errors_and_unplugging_stop_the_arm(protocol: str, arm_type: str) -> None:
     with ServoBusEmulator(protocol) as bus:
-        arm = open_arm(ArmConfig(type=arm_type, serial_port=bus.port, action="joints", watchdog_s=1.0,
-                                 options=OPT))
+        arm = open_arm(
+            ArmConfig(type=arm_type, serial_port=bus.port, action="joints", watchdog_s=1.0, options=OPT)
+        )
         try:
             arm.send_action(np.zeros(6))
             bus.corrupt_next(10_000)
-            with pytest.raises(RigError, match=rf"{arm_type} bus on .*: sync read .* failed 8 times: .*Incorrect"):
+            with pytest.raises(
+                RigError, match=rf"{arm_type} bus on .*: sync read .* failed 8 times: .*Incorrect"
+            ):
                 assert _wait(lambda: arm.state() is None, 5.0)
         finally:
             arm.close()
     with ServoBusEmulator(protocol) as bus:
-        arm = open_arm(ArmConfig(type=arm_type, serial_port=bus.port, action="joints", watchdog_s=1.0,
-                                 options=OPT))
+        arm = open_arm(
+            ArmConfig(type=arm_type, serial_port=bus.port, action="joints", watchdog_s=1.0, options=OPT)
+        )
         try:
             arm.send_action(np.zeros(6))
             bus.disconnect()

@@ -54,7 +54,7 @@ def layout_size(layout: dict[str, tuple[int, tuple[int, ...]]]) -> int:
 
 
 def unpack(vec: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    return {k: vec[off: off + int(np.prod(shape))].reshape(shape) for k, (off, shape) in layout.items()}
+    return {k: vec[off : off + int(np.prod(shape))].reshape(shape) for k, (off, shape) in layout.items()}
 
 
 class TwinStateReader:
@@ -91,7 +91,10 @@ class _World:
         self.eef_body = self.env.model.body(robot.robot_model.eef_name).id
         self.eef_site = int(robot.eef_site_id)
         jids = np.asarray(robot._ref_joint_indexes)
-        self.joint_limits = (self.env.model.jnt_range[jids, 0].copy(), self.env.model.jnt_range[jids, 1].copy())
+        self.joint_limits = (
+            self.env.model.jnt_range[jids, 0].copy(),
+            self.env.model.jnt_range[jids, 1].copy(),
+        )
         self.scratch = mujoco.MjData(self.env.model)
         shapes = {k: tuple(self.obs[k].shape) for k in self.keys}
         shapes["sim_state"] = (len(self.env.get_state()),)
@@ -107,9 +110,9 @@ class _World:
         vec = np.zeros(layout_size(self.layout))
         for k in self.keys:
             off, shape = self.layout[k]
-            vec[off: off + int(np.prod(shape))] = np.asarray(self.obs[k], dtype=np.float64).reshape(-1)
+            vec[off : off + int(np.prod(shape))] = np.asarray(self.obs[k], dtype=np.float64).reshape(-1)
         off, shape = self.layout["sim_state"]
-        vec[off: off + shape[0]] = self.env.get_state()
+        vec[off : off + shape[0]] = self.env.get_state()
         vec[self.layout["success"][0]] = float(self.env.is_success())
         vec[self.layout["sim_time"][0]] = self.env.sim_time
         vec[self.layout["steps"][0]] = self.env.steps
@@ -117,11 +120,15 @@ class _World:
         self.state.write(vec)
 
     def measured_pose(self) -> np.ndarray:
-        return np.concatenate([np.asarray(self.obs["robot0_eef_pos"], np.float64),
-                               np.asarray(self.obs["robot0_eef_quat"], np.float64)])
+        return np.concatenate(
+            [
+                np.asarray(self.obs["robot0_eef_pos"], np.float64),
+                np.asarray(self.obs["robot0_eef_quat"], np.float64),
+            ]
+        )
 
     def fk(self, q: np.ndarray) -> np.ndarray:
-        """The eef pose (site position, hand-body quaternion, as the observations give them) at joints ``q``."""
+        """The eef pose at joints ``q`` (site position, hand-body quaternion, as the observations give them)."""
         d = self.scratch
         d.qpos[:] = self.env.data.qpos
         d.qpos[self.joint_qpos] = q
@@ -181,8 +188,17 @@ def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line
         conn.send(("error", f"twin world for task {cfg.task!r} failed to start: {e}"))
         return
-    conn.send(("ready", {"shm": world.state.name, "layout": world.layout,
-                         "joint_limits": world.joint_limits, "period": world.period}))
+    conn.send(
+        (
+            "ready",
+            {
+                "shm": world.state.name,
+                "layout": world.layout,
+                "joint_limits": world.joint_limits,
+                "period": world.period,
+            },
+        )
+    )
     latency = cfg.action_latency_s
     t_next = time.monotonic()
     try:

@@ -52,13 +52,18 @@ class BusArm(Arm):
         super().__init__(cfg)
         unknown = set(cfg.options) - set(DEFAULTS)
         if unknown:
-            raise ConfigError(f"unknown {cfg.type} option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
-                              key="options")
+            raise ConfigError(
+                f"unknown {cfg.type} option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
+                key="options",
+            )
         self.opt = {**DEFAULTS, **cfg.options}
         self.ids = list(cfg.motor_ids or range(1, 7))
         if len(self.ids) != len(MOTOR_NAMES):
-            raise ConfigError(f"a {cfg.type} arm has {len(MOTOR_NAMES)} motors ({', '.join(MOTOR_NAMES)}), "
-                              f"got {len(self.ids)} motor_ids", key="motor_ids")
+            raise ConfigError(
+                f"a {cfg.type} arm has {len(MOTOR_NAMES)} motors ({', '.join(MOTOR_NAMES)}), "
+                f"got {len(self.ids)} motor_ids",
+                key="motor_ids",
+            )
         self.table: MotorTable = XL430 if cfg.type == "koch" else STS3215
         mid = RESOLUTION // 2
         self.lo = np.full(len(self.ids), 0.0)
@@ -88,8 +93,9 @@ class BusArm(Arm):
 
     # ---------------------------------------------------------------- bus
     def _fail(self, what: str, result: int) -> RuntimeError:
-        return RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: "
-                            f"{self._ph.getTxRxResult(result)}")
+        return RuntimeError(
+            f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: {self._ph.getTxRxResult(result)}"
+        )
 
     def connect(self) -> None:
         sdk = import_sdk(self.cfg.type)
@@ -99,18 +105,24 @@ class BusArm(Arm):
         try:
             opened = port.openPort() and port.setBaudRate(self.cfg.baudrate)
         except Exception as e:  # noqa: BLE001 - pyserial raises its own SerialException
-            raise UserError(f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port}: {e}") from None
+            raise UserError(
+                f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port}: {e}"
+            ) from None
         if not opened:
-            raise UserError(f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port} "
-                            f"at {self.cfg.baudrate} baud")
+            raise UserError(
+                f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port} "
+                f"at {self.cfg.baudrate} baud"
+            )
         self._port = port
         for i in self.ids:
             found: list[int] = []
             self._tx(lambda i=i, found=found: self._ping(i, found), f"ping of motor {i}")
             model = found[0]
             if model != self.table.model_number:
-                raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port}: motor {i} is model {model}, "
-                                   f"expected {self.table.model_number}")
+                raise RuntimeError(
+                    f"{self.cfg.type} bus on {self.cfg.serial_port}: motor {i} is model {model}, "
+                    f"expected {self.table.model_number}"
+                )
         t = self.table
         self._reader = sdk.GroupSyncRead(port, self._ph, t.present_addr, t.position_bytes)
         for i in self.ids:
@@ -119,7 +131,9 @@ class BusArm(Arm):
         raw = self._read_raw()
         self._write_raw(raw)  # goal = where the arm is, before the torque comes on
         for i in self.ids:
-            self._tx(lambda i=i: self._ph.write1ByteTxRx(port, i, t.torque_addr, 1)[0], f"torque on motor {i}")
+            self._tx(
+                lambda i=i: self._ph.write1ByteTxRx(port, i, t.torque_addr, 1)[0], f"torque on motor {i}"
+            )
 
     def _tx(self, fn: Any, what: str) -> Any:
         result = -1
@@ -127,8 +141,9 @@ class BusArm(Arm):
             try:
                 result = fn()
             except OSError as e:  # pyserial's SerialException is an OSError: the adapter is gone
-                raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}") \
-                    from None
+                raise RuntimeError(
+                    f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}"
+                ) from None
             except (IndexError, ValueError):  # the SDKs index into a garbled packet: a failed try
                 result = self._sdk.COMM_RX_CORRUPT
             if result == 0:
@@ -175,15 +190,22 @@ class BusArm(Arm):
         t = time.monotonic()
         span = max(self.hi[-1] - self.lo[-1], 1.0)
         width = self.cfg.gripper_max_width * float(np.clip((raw[-1] - self.lo[-1]) / span, 0.0, 1.0))
-        values = {"robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
-                  "robot0_joint_pos": self.ticks_to_rad(raw)[:-1].astype(np.float32)}
+        values = {
+            "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
+            "robot0_joint_pos": self.ticks_to_rad(raw)[:-1].astype(np.float32),
+        }
         return ArmState(values, t)
 
     def servo_joints(self, q: np.ndarray, t: float) -> None:
         arm = self.rad_to_ticks(q, slice(0, len(self.ids) - 1))
-        grip = self._grip_goal if self._grip_goal is not None else (
-            self._last_raw[-1] if self._last_raw is not None else self.center[-1])
-        self._write_raw(np.clip(np.append(arm, grip), np.minimum(self.lo, self.hi), np.maximum(self.lo, self.hi)))
+        grip = (
+            self._grip_goal
+            if self._grip_goal is not None
+            else (self._last_raw[-1] if self._last_raw is not None else self.center[-1])
+        )
+        self._write_raw(
+            np.clip(np.append(arm, grip), np.minimum(self.lo, self.hi), np.maximum(self.lo, self.hi))
+        )
 
     def gripper(self, close: float) -> None:
         self._grip_goal = self.close_to_ticks(close)

@@ -313,6 +313,26 @@ def test_watchdog_stops_the_arm_when_commands_stop(twin) -> None:
     assert twin.status()["status"] == "running"
 
 
+def test_injected_action_latency_delays_the_twins_response(twin) -> None:
+    def first_motion() -> float:
+        z0 = _fresh(twin)[2]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            twin.send_action(np.array([0, 0, 1.0, 0, 0, 0, -1.0]))
+            if twin.state()[0]["robot0_eef_pos"][2] - z0 > 0.003:
+                return time.monotonic() - t0
+            time.sleep(0.01)
+        raise AssertionError("the twin did not move")
+
+    base = first_motion()
+    twin.set_action_latency(0.4)
+    try:
+        delayed = first_motion()
+    finally:
+        twin.set_action_latency(0.0)
+    assert 0.25 < delayed - base < 0.6  # 0.4 s, give or take the world's 50 ms ticks and a busy machine
+
+
 def test_input_errors_are_one_line(twin) -> None:
     with pytest.raises(UserError, match=r"takes actions of shape \(7,\), got \(6,\)"):
         twin.send_action(np.zeros(6))

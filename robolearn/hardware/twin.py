@@ -211,6 +211,9 @@ def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
                     msg = conn.recv()
                     if msg[0] == "close":
                         return
+                    if msg[0] == "latency":  # takes effect at once, for commands sent from now on
+                        latency = float(msg[1])
+                        continue
                     if msg[0] == "reset":
                         world.reset(msg[1])
                         conn.send(("reset", msg[1]))

@@ -218,6 +218,9 @@ class ServoLoop:
             except Exception as e:  # noqa: BLE001 - reported to the client as one line
                 self.conn.send(("reset", f"{type(e).__name__}: {e}"))
             return True
+        if kind == "latency":
+            self.driver.set_action_latency(msg[1])  # type: ignore[attr-defined] - the twin's (client checks)
+            return True
         if kind == "limits":
             self.set_limits(msg[1])
             return True
@@ -589,6 +592,14 @@ class ArmClient:
 
         check_config(limits, "arm.limits")
         self._send_raw(("limits", limits))
+
+    def set_action_latency(self, seconds: float) -> None:
+        """The twin: delay every command by ``seconds`` before it acts (for latency calibration)."""
+        if self.cfg.type != "twin":
+            raise UserError(f"action latency is injected into the twin only, not a {self.cfg.type} arm")
+        if not 0.0 <= seconds <= 2.0:
+            raise UserError(f"action latency must be within 0..2 s, got {seconds}")
+        self._send_raw(("latency", float(seconds)))
 
     def _send_raw(self, msg: tuple) -> None:
         try:

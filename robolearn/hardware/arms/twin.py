@@ -93,6 +93,9 @@ class TwinArm(Arm):
         if self._proc is not None and self._proc.is_alive():
             self._send("hold")
 
+    def set_action_latency(self, seconds: float) -> None:
+        self._send("latency", float(seconds))
+
     def reset(self, seed: int | None) -> None:
         self._conn.send(("reset", seed))
         if not self._conn.poll(self.cfg.connect_timeout_s):

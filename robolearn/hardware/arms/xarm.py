@@ -64,6 +64,7 @@ class XArm(Arm):
         self.opt = {**DEFAULTS, **cfg.options}
         self._arm: Any = None
         self._grip_cmd: float | None = None
+        self._stopped = False
 
     def _check(self, code: Any, what: str) -> Any:
         ret = code if isinstance(code, tuple) else (code, None)
@@ -101,12 +102,19 @@ class XArm(Arm):
         }
         return ArmState(values, t)
 
+    def _resume(self) -> None:
+        """After stop() the arm sits in the stop state; servo mode must be entered again."""
+        if self._stopped:
+            self._check(self._arm.set_mode(1), "set_mode(1) (servo mode)")
+            self._check(self._arm.set_state(0), "set_state(0)")
+            self._stopped = False
+
     def servo_pose(self, pose: np.ndarray, t: float) -> None:
-        self._check(
-            self._arm.set_servo_cartesian(pose_to_xarm_pose(pose), is_radian=True), "set_servo_cartesian"
-        )
+        self._resume()
+        self._check(self._arm.set_servo_cartesian(pose_to_xarm_pose(pose), is_radian=True), "set_servo_cartesian")
 
     def servo_joints(self, q: np.ndarray, t: float) -> None:
+        self._resume()
         self._check(self._arm.set_servo_angle_j([float(x) for x in q], is_radian=True), "set_servo_angle_j")
 
     def gripper(self, close: float) -> None:
@@ -118,7 +126,8 @@ class XArm(Arm):
 
     def stop(self) -> None:
         if self._arm is not None:
-            self._arm.set_state(4)  # stop state: the arm halts; set_state(0) is needed to move again
+            self._arm.set_state(4)  # stop state: the arm halts; _resume() re-enters servo mode
+            self._stopped = True
 
     def disconnect(self) -> None:
         if self._arm is not None:

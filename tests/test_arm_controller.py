@@ -22,6 +22,7 @@ from robolearn.hardware.arms.interp import (
     quat_angle,
     quat_from_mat,
     quat_from_rotvec,
+    quat_mul,
     quat_to_mat,
     quat_to_rotvec,
     slerp,
@@ -126,6 +127,27 @@ def test_vendor_pose_conversions() -> None:
     assert quat_angle(rpy_to_quat(np.array([np.pi, 0, 0])), np.array([1.0, 0, 0, 0])) < 1e-9
     assert np.allclose(quat_to_rpy(quat_from_rotvec(np.array([0, 0, 0.3]))), [0, 0, 0.3])
     assert np.allclose(pose_to_xarm_pose(np.array([0.3, 0, 0.2, 0, 0, 0, 1]))[:3], [300, 0, 200])
+
+
+def test_twin_world_turns_targets_into_the_tasks_own_actions() -> None:
+    from robolearn.hardware.twin import TwinWorldConfig, _World
+
+    world = _World(TwinWorldConfig(task="lift", seed=0))
+    try:
+        pose = world.measured_pose()
+        q = world.obs["robot0_joint_pos"].astype(np.float64)
+        fk = world.fk(q)  # joint targets become pose targets through the model's kinematics
+        assert np.allclose(fk[:3], pose[:3], atol=1e-5) and quat_angle(fk[3:], pose[3:]) < 1e-4
+        world.apply(("pose", pose))
+        assert np.allclose(world.action()[:6], 0, atol=1e-3)
+        turn = quat_from_rotvec(np.array([0, 0, 0.25]))
+        world.apply(("pose", np.concatenate([pose[:3] + [0.025, 0, -0.1], quat_mul(turn, pose[3:])])))
+        world.apply(("grip", 1.0))
+        a = world.action()  # the OSC goal lands on the target: delta / 0.05 m, rotation / 0.5 rad, clipped
+        assert np.allclose(a, [0.5, 0, -1.0, 0, 0, 0.5, 1.0], atol=1e-3)
+    finally:
+        world.state.close()
+        world.env.close()
 
 
 # ----------------------------------------------------------------------------- the twin, across processes
@@ -340,6 +362,19 @@ def test_input_errors_are_one_line(twin) -> None:
         twin.send_action(np.array([0, 0, np.nan, 0, 0, 0, 0]))
     with pytest.raises(UserError, match="joint space|pose space"):
         twin.schedule_joints(np.zeros(7), time.monotonic())
+
+
+def test_ctrl_c_stops_the_arm_and_the_client_says_so(twin) -> None:
+    """Last of the shared twin's tests: SIGINT (Ctrl-C reaches the whole process group) ends it."""
+    twin.send_action(np.array([0, 0, 0.5, 0, 0, 0, -1.0]))
+    world = twin.info["world_pid"]
+    os.kill(twin.pid, signal.SIGINT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (_gone(twin.pid) and _gone(world)):
+        time.sleep(0.05)
+    with pytest.raises(RigError, match=r"controller process exited \(exit code 0\)"):
+        twin.state()  # exit code 0: it left through its stop-and-disconnect path, not killed by the signal
+    assert _gone(world)
 
 
 _CLIENT = """

@@ -101,6 +101,37 @@ def test_bus_arm_follows_joint_commands_and_survives_latency_and_bad_checksums(
         assert all(bus.torque(i) for i in range(1, 7))  # stopped and holding, not dropped
 
 
+@pytest.mark.parametrize("protocol,arm_type", ARMS[:1])  # Dynamixel too, by hand: its lerobot import costs 5 s
+def test_lerobot_motor_bus_backend(protocol: str, arm_type: str) -> None:
+    """The same arm through lerobot's own motor bus class (FeetechMotorsBus; DynamixelMotorsBus alike)."""
+    pytest.importorskip("lerobot.motors.feetech" if protocol == "feetech" else "lerobot.motors.dynamixel")
+    with ServoBusEmulator(protocol) as bus:
+        arm = open_arm(
+            ArmConfig(
+                type=arm_type,
+                serial_port=bus.port,
+                action="joints",
+                watchdog_s=1.0,
+                options={**OPT, "backend": "lerobot"},
+                limits=SafetyLimits(max_joint_speed=4.0),
+            )
+        )
+        try:
+            target = np.array([0.3, -0.2, 0.4, 0.0, 0.1])
+            for k in range(40):
+                arm.send_action(np.append(target * min(1.0, (k + 1) / 20), 1.0 if k >= 20 else -1.0))
+                time.sleep(0.02)
+            assert _wait(lambda: np.allclose(arm.state()[0]["robot0_joint_pos"], target, atol=0.01))
+            # lerobot's degrees: the middle of the range (2047.5 without calibration) is 0, 4095 ticks a turn.
+            assert bus.goal(1) == round(2047.5 + np.rad2deg(0.3) * 4095 / 360)
+            assert bus.goal(6) == 0  # gripper closed: the bottom of its 0..100 range
+            bus.disconnect()
+            with pytest.raises(RigError, match=rf"{arm_type} bus on .* \(lerobot\)"):
+                assert _wait(lambda: arm.state() is None, 5.0)
+        finally:
+            arm.close()
+
+
 @pytest.mark.parametrize("protocol,arm_type", ARMS)
 def test_persistent_checksum_errors_and_unplugging_stop_the_arm(protocol: str, arm_type: str) -> None:
     with ServoBusEmulator(protocol) as bus:

@@ -245,6 +245,6 @@ def make_driver(cfg: ArmConfig) -> Arm:
         from robolearn.hardware.arms.xarm import XArm
 
         return XArm(cfg)
-    from robolearn.hardware.arms.lerobot_bus import BusArm
+    from robolearn.hardware.arms.lerobot_bus import BusArm, LeRobotBusArm
 
-    return BusArm(cfg)
+    return LeRobotBusArm(cfg) if cfg.options.get("backend") == "lerobot" else BusArm(cfg)

@@ -186,8 +186,6 @@ class ServoLoop:
             self.traj = (JointTrajectory if self.joint_space else PoseTrajectory)(now, start)
             self.cmd = start.copy()
             self.prev_raw = start.copy()
-        if self.grip_traj is None:
-            self.grip_traj = ScalarTrajectory(now, np.array([0.0]))
         self.status = RUNNING
 
     # ---------------------------------------------------------------- commands
@@ -244,8 +242,14 @@ class ServoLoop:
         elif kind == "joints":
             self.traj.schedule(np.asarray(msg[1], dtype=np.float64), t, now)
         elif kind == "gripper":
-            self.grip_traj.schedule(np.array([float(msg[1])]), t, now)
+            self._grip(float(msg[1]), t, now)
         return True
+
+    def _grip(self, close: float, t: float, now: float) -> None:
+        """The gripper is left alone until a command names it (a pose plan must not move it)."""
+        if self.grip_traj is None:
+            self.grip_traj = ScalarTrajectory(now, np.array([close]))
+        self.grip_traj.schedule(np.array([close]), t, now)
 
     def _action(self, a: np.ndarray, t: float, now: float) -> None:
         cfg = self.cfg
@@ -264,7 +268,7 @@ class ServoLoop:
         else:
             target = a[:-1]
         self.traj.schedule(target, t, now)
-        self.grip_traj.schedule(np.array([grip]), t, now)
+        self._grip(grip, t, now)
 
     # ---------------------------------------------------------------- one tick
     def check_measured(self) -> None:
@@ -325,18 +329,17 @@ class ServoLoop:
             self.cmd = new
             self.driver.servo_pose(self.cmd, now + self.period)
         self.prev_raw = raw
-        self.driver.gripper(float(self.grip_traj(now)[0]))
+        if self.grip_traj is not None:
+            self.driver.gripper(float(self.grip_traj(now)[0]))
 
     def tick(self, now: float) -> None:
         self.state = self.driver.read()
         self.t_host = time.monotonic()
-        if self.status == RUNNING:
-            age = self.t_host - self.state.t_device
-            if age > self.cfg.stale_s:
-                self.trip(
-                    f"arm state is {age:.2f} s old (stale_s {self.cfg.stale_s}): the arm stopped reporting"
-                )
-            elif now - self.last_cmd_time > self.cfg.watchdog_s:
+        age = self.t_host - self.state.t_device
+        if self.status != FAULT and age > self.cfg.stale_s:  # moving or not: the state must stay fresh
+            self.trip(f"arm state is {age:.2f} s old (stale_s {self.cfg.stale_s}): the arm stopped reporting")
+        elif self.status == RUNNING:
+            if now - self.last_cmd_time > self.cfg.watchdog_s:
                 self.counters["watchdog_stops"] += 1
                 print(
                     f"robolearn arm controller: no command for {now - self.last_cmd_time:.2f} s "

@@ -212,6 +212,30 @@ def test_twin_is_the_sim_task(twin, sim) -> None:
     assert twin.state()[1] > t_dev  # the world keeps stepping and stamping
 
 
+def test_twin_cameras_render_from_the_published_state(twin, sim) -> None:
+    from robolearn.hardware.twin import TwinRenderer
+    from robolearn.sim.env import make_env
+
+    twin.reset(2)
+    renderer = TwinRenderer("lift", twin.info["twin_shm"], twin.info["twin_layout"], ("agentview",), 32)
+    reference = make_env("lift", cameras=("agentview",), image_size=32)
+    try:
+        compared = 0
+        for _ in range(20):  # the world steps every 50 ms: compare where no step fell between the reads
+            images, t, seq = renderer.render()
+            values, _, seq_after = renderer.reader.read()
+            if seq_after == seq:
+                ref = reference.render_state(values["sim_state"])["agentview_image"]
+                assert np.array_equal(images["agentview_image"], ref)
+                compared += 1
+        assert compared > 0
+        assert images["agentview_image"].shape == (32, 32, 3) and images["agentview_image"].std() > 5
+        assert abs(t - twin.state()[1]) < 1.0
+    finally:
+        renderer.close()
+        reference.close()
+
+
 def test_sim_actions_drive_the_twin_and_the_expert_lifts_the_cube(twin, sim) -> None:
     from robolearn.sim.experts import make_expert
     from robolearn.sim.tasks import load_task

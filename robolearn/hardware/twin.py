@@ -73,6 +73,36 @@ class TwinStateReader:
         self._shm.close()
 
 
+class TwinRenderer:
+    """Renders the twin's cameras from its published state, in any process (e.g. a camera process
+    behind the camera interface): the task's own cameras, bit-identical to the simulator's images at
+    that state (``SimEnv.render_state``), stamped with the world's time."""
+
+    def __init__(
+        self,
+        task: str,
+        shm_name: str,
+        layout: dict[str, tuple[int, tuple[int, ...]]],
+        cameras: tuple[str, ...],
+        image_size: int = 84,
+        depth: bool = False,
+    ) -> None:
+        from robolearn.sim.env import make_env
+
+        self.reader = TwinStateReader(shm_name, layout)
+        self.env = make_env(task, cameras=cameras, image_size=image_size, depth=depth)
+        self.depth_scale = self.env.depth_scale
+
+    def render(self) -> tuple[dict[str, np.ndarray], float, int]:
+        """(``<cam>_image`` / ``<cam>_depth`` arrays, the world's timestamp, its step sequence number)."""
+        values, t, seq = self.reader.read()
+        return self.env.render_state(values["sim_state"]), t, seq
+
+    def close(self) -> None:
+        self.reader.close()
+        self.env.close()
+
+
 class _World:
     def __init__(self, cfg: TwinWorldConfig) -> None:
         import mujoco

@@ -30,10 +30,15 @@ def _cpu_seconds(pid: int) -> float:
 def _summary(periods: np.ndarray, hz: float) -> dict[str, float]:
     ms = periods * 1e3
     jitter = np.abs(ms - 1e3 / hz)
-    return {"ticks": int(len(ms)), "period_p50_ms": float(np.percentile(ms, 50)),
-            "period_p99_ms": float(np.percentile(ms, 99)), "period_max_ms": float(ms.max()),
-            "jitter_p50_ms": float(np.percentile(jitter, 50)), "jitter_p99_ms": float(np.percentile(jitter, 99)),
-            "late_over_2ms_pct": float(100 * np.mean(jitter > 2.0))}
+    return {
+        "ticks": int(len(ms)),
+        "period_p50_ms": float(np.percentile(ms, 50)),
+        "period_p99_ms": float(np.percentile(ms, 99)),
+        "period_max_ms": float(ms.max()),
+        "jitter_p50_ms": float(np.percentile(jitter, 50)),
+        "jitter_p99_ms": float(np.percentile(jitter, 99)),
+        "late_over_2ms_pct": float(100 * np.mean(jitter > 2.0)),
+    }
 
 
 def run(kind: str, hz: float, seconds: float, priority: int | None) -> dict:
@@ -41,14 +46,27 @@ def run(kind: str, hz: float, seconds: float, priority: int | None) -> dict:
 
     emulator = None
     if kind == "twin":
-        cfg = ArmConfig(type="twin", task="lift", seed=0, servo_hz=hz, stale_s=5.0, realtime_priority=priority,
-                        limits=SafetyLimits(max_linear_speed=1.5, max_angular_speed=6.0))
+        cfg = ArmConfig(
+            type="twin",
+            task="lift",
+            seed=0,
+            servo_hz=hz,
+            stale_s=5.0,
+            realtime_priority=priority,
+            limits=SafetyLimits(max_linear_speed=1.5, max_angular_speed=6.0),
+        )
     else:
         from robolearn.hardware.arms.bus_emulator import ServoBusEmulator
 
         emulator = ServoBusEmulator("feetech")
-        cfg = ArmConfig(type="so101", serial_port=emulator.port, action="joints", servo_hz=hz, stale_s=5.0,
-                        realtime_priority=priority)
+        cfg = ArmConfig(
+            type="so101",
+            serial_port=emulator.port,
+            action="joints",
+            servo_hz=hz,
+            stale_s=5.0,
+            realtime_priority=priority,
+        )
     arm = open_arm(cfg)
     pids = {"controller": arm.pid}
     if arm.info.get("world_pid"):
@@ -79,9 +97,16 @@ def run(kind: str, hz: float, seconds: float, priority: int | None) -> dict:
         stats = arm.stats()
         n = int(stats["ticks"] - ticks0)
         periods = stats["periods"][-n:] if n <= len(stats["periods"]) else stats["periods"]
-        out = {"arm": kind, "servo_hz": hz, "realtime_priority": cfg.rt_priority, "seconds": round(wall, 1), **_summary(periods, hz),
-               "overruns": int(stats["overruns"]), "client_20hz": _summary(np.array(client_periods[1:]), 20.0),
-               "cpu_pct": {k: round(v, 1) for k, v in cpu.items()}}
+        out = {
+            "arm": kind,
+            "servo_hz": hz,
+            "realtime_priority": cfg.rt_priority,
+            "seconds": round(wall, 1),
+            **_summary(periods, hz),
+            "overruns": int(stats["overruns"]),
+            "client_20hz": _summary(np.array(client_periods[1:]), 20.0),
+            "cpu_pct": {k: round(v, 1) for k, v in cpu.items()},
+        }
     finally:
         arm.close()
         if emulator is not None:
@@ -94,8 +119,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--hz", type=float, nargs="+", default=[125.0])
     ap.add_argument("--arms", nargs="+", default=["twin", "so101"], choices=["twin", "so101"])
-    ap.add_argument("--priority", nargs="+", default=["auto", "0"],
-                    help="SCHED_FIFO priorities of the servo loop to compare (0: normal scheduling; auto: the default)")
+    ap.add_argument(
+        "--priority",
+        nargs="+",
+        default=["auto", "0"],
+        help="SCHED_FIFO priorities of the servo loop to compare (0: normal scheduling; auto: the default)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     results = []
@@ -109,12 +138,19 @@ def main() -> None:
                     print(f"{kind:6s} {hz:5.0f} Hz rt {prio:4s} failed: {e}", flush=True)
                     continue
                 results.append(r)
-                print(f"{kind:6s} {hz:5.0f} Hz rt {prio:4s} period p50 {r['period_p50_ms']:.2f} "
-                      f"p99 {r['period_p99_ms']:.2f} max {r['period_max_ms']:.1f} ms | jitter p50 "
-                      f"{r['jitter_p50_ms']:.3f} p99 {r['jitter_p99_ms']:.2f} ms | >2 ms late "
-                      f"{r['late_over_2ms_pct']:.2f}% | overruns {r['overruns']} | cpu {r['cpu_pct']}", flush=True)
-                write_json("bench_arm", {"machine": {**machine(), "loadavg": os.getloadavg()}, "results": results},
-                           args.out)
+                print(
+                    f"{kind:6s} {hz:5.0f} Hz rt {prio:4s} period p50 {r['period_p50_ms']:.2f} "
+                    f"p99 {r['period_p99_ms']:.2f} max {r['period_max_ms']:.1f} ms | jitter p50 "
+                    f"{r['jitter_p50_ms']:.3f} p99 {r['jitter_p99_ms']:.2f} ms | >2 ms late "
+                    f"{r['late_over_2ms_pct']:.2f}% | overruns {r['overruns']} | cpu {r['cpu_pct']}",
+                    flush=True,
+                )
+                write_json(
+                    "bench_arm",
+                    {"machine": {**machine(), "loadavg": os.getloadavg()}, "results": results},
+                    args.out,
+                )
+
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 
 from robolearn.hardware.cameras import CameraConfig, CameraStream, open_camera  # noqa: E402
 from robolearn.hardware.cameras.playback import RecordedFrame, write_recording  # noqa: E402
+from robolearn.rigs import RigError  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -55,7 +56,9 @@ def make_recording(path: Path, frames: int, width: int, height: int, fps: int) -
                                 (ramp + 10 * i).astype(np.uint16))
 
     print(f"recording {frames} frames {width}x{height} into {path} ...", flush=True)
-    return write_recording(path, gen(), width, height, fps, depth_scale=0.001)
+    tmp = path.with_name(path.stem + ".partial.db3")
+    write_recording(tmp, gen(), width, height, fps, depth_scale=0.001)
+    return tmp.replace(path)  # whole or not at all: a cached recording is reused
 
 
 def measure(streams: list[CameraStream], seconds: float, poll_s: float = 0.0005) -> dict[str, Any]:
@@ -64,25 +67,35 @@ def measure(streams: list[CameraStream], seconds: float, poll_s: float = 0.0005)
     lat: dict[str, list[float]] = {s.name: [] for s in streams}
     count = {s.name: 0 for s in streams}
     gaps = {s.name: 0 for s in streams}
+    prev_host: dict[str, float | None] = {s.name: None for s in streams}
+    max_interval = {s.name: 0.0 for s in streams}
     for s in streams:
         s.frames_since()  # start from now
         s.reset_dropped()
         last[s.name] = s.latest().frame_number
     cpu0 = {s.name: cpu_seconds(s.pid) for s in streams}
     me0, t0 = time.process_time(), time.time()
-    while time.time() - t0 < seconds:
+    error = None
+    while time.time() - t0 < seconds and error is None:
         for s in streams:
-            new = s.frames_since(last[s.name])
+            try:
+                new = s.frames_since(last[s.name])
+            except RigError as e:  # a stall is a finding: report it with the figures so far
+                error = str(e)
+                break
             now = time.time() - (s.clock_origin or 0.0)
             for f in new:
                 if last[s.name] is not None and f.frame_number != last[s.name] + 1:
                     gaps[s.name] += f.frame_number - last[s.name] - 1
                 lat[s.name].append(now - f.t_host)
+                if prev_host[s.name] is not None:
+                    max_interval[s.name] = max(max_interval[s.name], f.t_host - prev_host[s.name])
+                prev_host[s.name] = f.t_host
                 last[s.name] = f.frame_number
             count[s.name] += len(new)
         time.sleep(poll_s)
     wall = time.time() - t0
-    out: dict[str, Any] = {"seconds": round(wall, 2), "consumer_cpu_pct": round(100 * (time.process_time() - me0) / wall, 1),
+    out: dict[str, Any] = {"error": error, "seconds": round(wall, 2), "consumer_cpu_pct": round(100 * (time.process_time() - me0) / wall, 1),
                            "streams": {}}
     for s in streams:
         ms = np.asarray(lat[s.name]) * 1000
@@ -93,6 +106,7 @@ def measure(streams: list[CameraStream], seconds: float, poll_s: float = 0.0005)
             "handoff_ms_p50": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
             "handoff_ms_p99": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
             "handoff_ms_max": round(float(ms.max()), 3) if len(ms) else None,
+            "max_frame_interval_ms": round(1000 * max_interval[s.name], 1),
             "camera_process_cpu_pct": round(100 * (cpu_seconds(s.pid) - cpu0[s.name]) / wall, 1),
         }
     return out
@@ -105,6 +119,7 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--cameras", type=int, default=2)
     ap.add_argument("--recording-frames", type=int, default=150, help="frames per recording (it loops)")
+    ap.add_argument("--timeout", type=float, default=0.5, help="stall timeout_s of the cameras")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_cameras.json)")
     args = ap.parse_args()
     w, h = (int(x) for x in args.size.lower().split("x"))
@@ -112,7 +127,8 @@ def main() -> None:
                          args.recording_frames, w, h, args.fps)
     origin = time.time()
     streams = [open_camera(CameraConfig(name=f"cam{i}", type="playback", path=rec, width=w, height=h, fps=args.fps,
-                                        depth=True, align_depth=False, loop=True, playback_speed=1.0),
+                                        depth=True, align_depth=False, loop=True, playback_speed=1.0,
+                                        timeout_s=args.timeout),
                            clock_origin=origin)
                for i in range(args.cameras)]
     try:
@@ -126,8 +142,9 @@ def main() -> None:
     for name, r in res["streams"].items():
         print(f"{name}: {r['frames']}/{r['expected']} frames ({r['fps']} fps), dropped {r['dropped_frames']}, "
               f"gaps {r['frame_number_gaps']}; hand-off p50 {r['handoff_ms_p50']} ms, p99 {r['handoff_ms_p99']} ms, "
-              f"max {r['handoff_ms_max']} ms; camera process CPU {r['camera_process_cpu_pct']}%")
-    print(f"consumer CPU {res['consumer_cpu_pct']}% over {res['seconds']} s")
+              f"max {r['handoff_ms_max']} ms; longest frame interval {r['max_frame_interval_ms']} ms; camera process CPU {r['camera_process_cpu_pct']}%")
+    print(f"consumer CPU {res['consumer_cpu_pct']}% over {res['seconds']} s"
+          + (f"; stopped early: {res['error']}" if res["error"] else ""))
     write_json("bench_cameras", res, args.out)
 
 

@@ -22,6 +22,7 @@ from robolearn.hardware.arms.interp import (
     quat_angle,
     quat_from_mat,
     quat_from_rotvec,
+    quat_mul,
     quat_to_mat,
     quat_to_rotvec,
     slerp,
@@ -67,14 +68,24 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"arm\.action: .*action: joints"):
         load_config(ArmConfig, {"type": "so101", "serial_port": "/dev/ttyACM0"}, prefix="arm")
     with pytest.raises(ConfigError, match=r"arm\.limits\.workspace_min: .*below workspace_max"):
-        load_config(ArmConfig, {"type": "twin", "task": "lift",
-                                "limits": {"workspace_min": [0, 0, 1], "workspace_max": [1, 1, 0.5]}}, prefix="arm")
+        load_config(
+            ArmConfig,
+            {
+                "type": "twin",
+                "task": "lift",
+                "limits": {"workspace_min": [0, 0, 1], "workspace_max": [1, 1, 0.5]},
+            },
+            prefix="arm",
+        )
     with pytest.raises(ConfigError, match=r"arm\.host"):
         load_config(ArmConfig, {"type": "franka"}, prefix="arm")
     with pytest.raises(ConfigError, match=r"unknown key 'servo_rate'.*servo_hz"):
         load_config(ArmConfig, {"type": "twin", "task": "lift", "servo_rate": 200}, prefix="arm")
-    cfg = load_config(ArmConfig, {"type": "koch", "serial_port": "/dev/ttyUSB0", "action": "joints",
-                                  "limits": {"max_joint_speed": 2}}, prefix="arm")
+    cfg = load_config(
+        ArmConfig,
+        {"type": "koch", "serial_port": "/dev/ttyUSB0", "action": "joints", "limits": {"max_joint_speed": 2}},
+        prefix="arm",
+    )
     assert cfg.limits.max_joint_speed == 2.0 and cfg.servo_hz == 125.0
 
 
@@ -91,6 +102,7 @@ def test_missing_vendor_sdk_is_a_one_line_install_hint(arm_type: str, extra: str
 def test_missing_sdk_surfaces_from_the_controller_process() -> None:
     try:
         import rtde_control  # noqa: F401
+
         pytest.skip("ur-rtde is installed here")
     except ImportError:
         pass
@@ -117,14 +129,36 @@ def test_vendor_pose_conversions() -> None:
     assert np.allclose(pose_to_xarm_pose(np.array([0.3, 0, 0.2, 0, 0, 0, 1]))[:3], [300, 0, 200])
 
 
+def test_twin_world_turns_targets_into_the_tasks_own_actions() -> None:
+    from robolearn.hardware.twin import TwinWorldConfig, _World
+
+    world = _World(TwinWorldConfig(task="lift", seed=0))
+    try:
+        pose = world.measured_pose()
+        q = world.obs["robot0_joint_pos"].astype(np.float64)
+        fk = world.fk(q)  # joint targets become pose targets through the model's kinematics
+        assert np.allclose(fk[:3], pose[:3], atol=1e-5) and quat_angle(fk[3:], pose[3:]) < 1e-4
+        world.apply(("pose", pose))
+        assert np.allclose(world.action()[:6], 0, atol=1e-3)
+        turn = quat_from_rotvec(np.array([0, 0, 0.25]))
+        world.apply(("pose", np.concatenate([pose[:3] + [0.025, 0, -0.1], quat_mul(turn, pose[3:])])))
+        world.apply(("grip", 1.0))
+        a = world.action()  # the OSC goal lands on the target: delta / 0.05 m, rotation / 0.5 rad, clipped
+        assert np.allclose(a, [0.5, 0, -1.0, 0, 0, 0.5, 1.0], atol=1e-3)
+    finally:
+        world.state.close()
+        world.env.close()
+
+
 # ----------------------------------------------------------------------------- the twin, across processes
 
 
 @pytest.fixture(scope="module")
 def twin():
     # stale_s: a loaded 2-core CI machine can starve the world process for a while.
-    arm = open_arm(ArmConfig(type="twin", task="lift", seed=0, watchdog_s=0.4, stale_s=3.0,
-                             limits=SafetyLimits(**FAST)))
+    arm = open_arm(
+        ArmConfig(type="twin", task="lift", seed=0, watchdog_s=0.4, stale_s=3.0, limits=SafetyLimits(**FAST))
+    )
     yield arm
     arm.close()
 
@@ -178,6 +212,30 @@ def test_twin_is_the_sim_task(twin, sim) -> None:
     assert twin.state()[1] > t_dev  # the world keeps stepping and stamping
 
 
+def test_twin_cameras_render_from_the_published_state(twin, sim) -> None:
+    from robolearn.hardware.twin import TwinRenderer
+    from robolearn.sim.env import make_env
+
+    twin.reset(2)
+    renderer = TwinRenderer("lift", twin.info["twin_shm"], twin.info["twin_layout"], ("agentview",), 32)
+    reference = make_env("lift", cameras=("agentview",), image_size=32)
+    try:
+        compared = 0
+        for _ in range(20):  # the world steps every 50 ms: compare where no step fell between the reads
+            images, t, seq = renderer.render()
+            values, _, seq_after = renderer.reader.read()
+            if seq_after == seq:
+                ref = reference.render_state(values["sim_state"])["agentview_image"]
+                assert np.array_equal(images["agentview_image"], ref)
+                compared += 1
+        assert compared > 0
+        assert images["agentview_image"].shape == (32, 32, 3) and images["agentview_image"].std() > 5
+        assert abs(t - twin.state()[1]) < 1.0
+    finally:
+        renderer.close()
+        reference.close()
+
+
 def test_sim_actions_drive_the_twin_and_the_expert_lifts_the_cube(twin, sim) -> None:
     from robolearn.sim.experts import make_expert
     from robolearn.sim.tasks import load_task
@@ -215,7 +273,9 @@ def test_sim_actions_drive_the_twin_and_the_expert_lifts_the_cube(twin, sim) -> 
 
 def test_workspace_box_holds_the_arm_at_its_wall(twin) -> None:
     p0 = _fresh(twin)
-    box = SafetyLimits(workspace_min=tuple(p0[:3] - [0.3, 0.3, 0.05]), workspace_max=tuple(p0[:3] + 0.3), **FAST)
+    box = SafetyLimits(
+        workspace_min=tuple(p0[:3] - [0.3, 0.3, 0.05]), workspace_max=tuple(p0[:3] + 0.3), **FAST
+    )
     p0 = _fresh(twin, box)
     before = twin.status()["box_clips"]
     below = p0.copy()
@@ -264,7 +324,7 @@ def _pose_or(arm, default: np.ndarray) -> np.ndarray:
     except RigError:
         vec, _, _ = arm._shm.read()
         off, _ = arm._layout["robot0_eef_pos"]
-        return np.concatenate([vec[off: off + 3], default[3:]])
+        return np.concatenate([vec[off : off + 3], default[3:]])
 
 
 def test_joint_limit_stops_the_arm(twin) -> None:
@@ -299,6 +359,26 @@ def test_watchdog_stops_the_arm_when_commands_stop(twin) -> None:
     assert twin.status()["status"] == "running"
 
 
+def test_injected_action_latency_delays_the_twins_response(twin) -> None:
+    def first_motion() -> float:
+        z0 = _fresh(twin)[2]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            twin.send_action(np.array([0, 0, 1.0, 0, 0, 0, -1.0]))
+            if twin.state()[0]["robot0_eef_pos"][2] - z0 > 0.003:
+                return time.monotonic() - t0
+            time.sleep(0.01)
+        raise AssertionError("the twin did not move")
+
+    base = first_motion()
+    twin.set_action_latency(0.4)
+    try:
+        delayed = first_motion()
+    finally:
+        twin.set_action_latency(0.0)
+    assert 0.25 < delayed - base < 0.6  # 0.4 s, give or take the world's 50 ms ticks and a busy machine
+
+
 def test_input_errors_are_one_line(twin) -> None:
     with pytest.raises(UserError, match=r"takes actions of shape \(7,\), got \(6,\)"):
         twin.send_action(np.zeros(6))
@@ -306,6 +386,19 @@ def test_input_errors_are_one_line(twin) -> None:
         twin.send_action(np.array([0, 0, np.nan, 0, 0, 0, 0]))
     with pytest.raises(UserError, match="joint space|pose space"):
         twin.schedule_joints(np.zeros(7), time.monotonic())
+
+
+def test_ctrl_c_stops_the_arm_and_the_client_says_so(twin) -> None:
+    """Last of the shared twin's tests: SIGINT (Ctrl-C reaches the whole process group) ends it."""
+    twin.send_action(np.array([0, 0, 0.5, 0, 0, 0, -1.0]))
+    world = twin.info["world_pid"]
+    os.kill(twin.pid, signal.SIGINT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (_gone(twin.pid) and _gone(world)):
+        time.sleep(0.05)
+    with pytest.raises(RigError, match=r"controller process exited \(exit code 0\)"):
+        twin.state()  # exit code 0: it left through its stop-and-disconnect path, not killed by the signal
+    assert _gone(world)
 
 
 _CLIENT = """
@@ -337,8 +430,9 @@ def test_sigkill_of_the_client_stops_the_arm_and_ends_its_processes(tmp_path: Pa
     script = tmp_path / "client.py"
     script.write_text(_CLIENT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
     try:
         line = proc.stdout.readline()
         controller, world = map(int, line.split())

@@ -54,7 +54,7 @@ def layout_size(layout: dict[str, tuple[int, tuple[int, ...]]]) -> int:
 
 
 def unpack(vec: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    return {k: vec[off: off + int(np.prod(shape))].reshape(shape) for k, (off, shape) in layout.items()}
+    return {k: vec[off : off + int(np.prod(shape))].reshape(shape) for k, (off, shape) in layout.items()}
 
 
 class TwinStateReader:
@@ -71,6 +71,36 @@ class TwinStateReader:
 
     def close(self) -> None:
         self._shm.close()
+
+
+class TwinRenderer:
+    """Renders the twin's cameras from its published state, in any process (e.g. a camera process
+    behind the camera interface): the task's own cameras, bit-identical to the simulator's images at
+    that state (``SimEnv.render_state``), stamped with the world's time."""
+
+    def __init__(
+        self,
+        task: str,
+        shm_name: str,
+        layout: dict[str, tuple[int, tuple[int, ...]]],
+        cameras: tuple[str, ...],
+        image_size: int = 84,
+        depth: bool = False,
+    ) -> None:
+        from robolearn.sim.env import make_env
+
+        self.reader = TwinStateReader(shm_name, layout)
+        self.env = make_env(task, cameras=cameras, image_size=image_size, depth=depth)
+        self.depth_scale = self.env.depth_scale
+
+    def render(self) -> tuple[dict[str, np.ndarray], float, int]:
+        """(``<cam>_image`` / ``<cam>_depth`` arrays, the world's timestamp, its step sequence number)."""
+        values, t, seq = self.reader.read()
+        return self.env.render_state(values["sim_state"]), t, seq
+
+    def close(self) -> None:
+        self.reader.close()
+        self.env.close()
 
 
 class _World:
@@ -91,7 +121,10 @@ class _World:
         self.eef_body = self.env.model.body(robot.robot_model.eef_name).id
         self.eef_site = int(robot.eef_site_id)
         jids = np.asarray(robot._ref_joint_indexes)
-        self.joint_limits = (self.env.model.jnt_range[jids, 0].copy(), self.env.model.jnt_range[jids, 1].copy())
+        self.joint_limits = (
+            self.env.model.jnt_range[jids, 0].copy(),
+            self.env.model.jnt_range[jids, 1].copy(),
+        )
         self.scratch = mujoco.MjData(self.env.model)
         shapes = {k: tuple(self.obs[k].shape) for k in self.keys}
         shapes["sim_state"] = (len(self.env.get_state()),)
@@ -107,9 +140,9 @@ class _World:
         vec = np.zeros(layout_size(self.layout))
         for k in self.keys:
             off, shape = self.layout[k]
-            vec[off: off + int(np.prod(shape))] = np.asarray(self.obs[k], dtype=np.float64).reshape(-1)
+            vec[off : off + int(np.prod(shape))] = np.asarray(self.obs[k], dtype=np.float64).reshape(-1)
         off, shape = self.layout["sim_state"]
-        vec[off: off + shape[0]] = self.env.get_state()
+        vec[off : off + shape[0]] = self.env.get_state()
         vec[self.layout["success"][0]] = float(self.env.is_success())
         vec[self.layout["sim_time"][0]] = self.env.sim_time
         vec[self.layout["steps"][0]] = self.env.steps
@@ -117,11 +150,15 @@ class _World:
         self.state.write(vec)
 
     def measured_pose(self) -> np.ndarray:
-        return np.concatenate([np.asarray(self.obs["robot0_eef_pos"], np.float64),
-                               np.asarray(self.obs["robot0_eef_quat"], np.float64)])
+        return np.concatenate(
+            [
+                np.asarray(self.obs["robot0_eef_pos"], np.float64),
+                np.asarray(self.obs["robot0_eef_quat"], np.float64),
+            ]
+        )
 
     def fk(self, q: np.ndarray) -> np.ndarray:
-        """The eef pose (site position, hand-body quaternion, as the observations give them) at joints ``q``."""
+        """The eef pose at joints ``q`` (site position, hand-body quaternion, as the observations give them)."""
         d = self.scratch
         d.qpos[:] = self.env.data.qpos
         d.qpos[self.joint_qpos] = q
@@ -181,8 +218,17 @@ def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - reported to the parent as one line
         conn.send(("error", f"twin world for task {cfg.task!r} failed to start: {e}"))
         return
-    conn.send(("ready", {"shm": world.state.name, "layout": world.layout,
-                         "joint_limits": world.joint_limits, "period": world.period}))
+    conn.send(
+        (
+            "ready",
+            {
+                "shm": world.state.name,
+                "layout": world.layout,
+                "joint_limits": world.joint_limits,
+                "period": world.period,
+            },
+        )
+    )
     latency = cfg.action_latency_s
     t_next = time.monotonic()
     try:
@@ -195,6 +241,9 @@ def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
                     msg = conn.recv()
                     if msg[0] == "close":
                         return
+                    if msg[0] == "latency":  # takes effect at once, for commands sent from now on
+                        latency = float(msg[1])
+                        continue
                     if msg[0] == "reset":
                         world.reset(msg[1])
                         conn.send(("reset", msg[1]))

@@ -9,4 +9,13 @@ are optional extras (``pip install 'robolearn[ur]'``); a missing one is a one-li
 from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState, SafetyLimits, import_sdk, make_driver
 from robolearn.hardware.arms.controller import ArmClient, open_arm
 
-__all__ = ["Arm", "ArmClient", "ArmConfig", "ArmState", "SafetyLimits", "import_sdk", "make_driver", "open_arm"]
+__all__ = [
+    "Arm",
+    "ArmClient",
+    "ArmConfig",
+    "ArmState",
+    "SafetyLimits",
+    "import_sdk",
+    "make_driver",
+    "open_arm",
+]

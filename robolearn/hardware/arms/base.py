@@ -40,8 +40,10 @@ def import_sdk(arm_type: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise UserError(f"the {arm_type} arm driver needs {requirement} ({e.name or module} is not installed); "
-                        f"install it with: pip install 'robolearn[{extra}]'") from None
+        raise UserError(
+            f"the {arm_type} arm driver needs {requirement} ({e.name or module} is not installed); "
+            f"install it with: pip install 'robolearn[{extra}]'"
+        ) from None
 
 
 @dataclass
@@ -70,15 +72,21 @@ class SafetyLimits:
         if (self.workspace_min is None) != (self.workspace_max is None):
             raise ConfigError("give both workspace_min and workspace_max, or neither", key="workspace_min")
         if self.workspace_min is not None and not all(
-                a < b for a, b in zip(self.workspace_min, self.workspace_max, strict=True)):
-            raise ConfigError(f"workspace_min {list(self.workspace_min)} must be below workspace_max "
-                              f"{list(self.workspace_max)} on every axis", key="workspace_min")
+            a < b for a, b in zip(self.workspace_min, self.workspace_max, strict=True)
+        ):
+            raise ConfigError(
+                f"workspace_min {list(self.workspace_min)} must be below workspace_max "
+                f"{list(self.workspace_max)} on every axis",
+                key="workspace_min",
+            )
         if (self.joint_min is None) != (self.joint_max is None):
             raise ConfigError("give both joint_min and joint_max, or neither", key="joint_min")
         if self.joint_min is not None:
             if len(self.joint_min) != len(self.joint_max):
-                raise ConfigError(f"joint_min has {len(self.joint_min)} entries, joint_max {len(self.joint_max)}",
-                                  key="joint_min")
+                raise ConfigError(
+                    f"joint_min has {len(self.joint_min)} entries, joint_max {len(self.joint_max)}",
+                    key="joint_min",
+                )
             bad = [i for i, (a, b) in enumerate(zip(self.joint_min, self.joint_max, strict=True)) if a >= b]
             if bad:
                 raise ConfigError(f"joint_min must be below joint_max (joint {bad[0]})", key="joint_min")
@@ -115,6 +123,7 @@ class ArmConfig:
         if self.realtime_priority is not None:
             return self.realtime_priority
         return 0 if self.type in ("so100", "so101", "koch") else 50
+
     # The MuJoCo twin: a sim task's robot and objects (task name or YAML), its seed, injected latency.
     task: str | None = None
     seed: int | None = None
@@ -126,9 +135,13 @@ class ArmConfig:
             raise ConfigError(f"a {self.type} arm needs 'host' (its controller's IP address)", key="host")
         if self.type in ("so100", "so101", "koch"):
             if not self.serial_port:
-                raise ConfigError(f"a {self.type} arm needs 'serial_port' (e.g. /dev/ttyACM0)", key="serial_port")
+                raise ConfigError(
+                    f"a {self.type} arm needs 'serial_port' (e.g. /dev/ttyACM0)", key="serial_port"
+                )
             if self.action != "joints":
-                raise ConfigError(f"a {self.type} arm is driven in joint space: set action: joints", key="action")
+                raise ConfigError(
+                    f"a {self.type} arm is driven in joint space: set action: joints", key="action"
+                )
         if self.type == "twin" and not self.task:
             raise ConfigError("the twin arm needs 'task' (a sim task, e.g. lift)", key="task")
         if self.type != "twin" and self.action_latency_s:
@@ -232,6 +245,6 @@ def make_driver(cfg: ArmConfig) -> Arm:
         from robolearn.hardware.arms.xarm import XArm
 
         return XArm(cfg)
-    from robolearn.hardware.arms.lerobot_bus import BusArm
+    from robolearn.hardware.arms.lerobot_bus import BusArm, LeRobotBusArm
 
-    return BusArm(cfg)
+    return LeRobotBusArm(cfg) if cfg.options.get("backend") == "lerobot" else BusArm(cfg)

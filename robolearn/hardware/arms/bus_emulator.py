@@ -37,10 +37,18 @@ class MotorTable:
     big_endian: bool = False
 
 
-STS3215 = MotorTable(model_number=777, model_addr=3, torque_addr=40, goal_addr=42, present_addr=56,
-                     position_bytes=2, size=128)
-XL430 = MotorTable(model_number=1060, model_addr=0, torque_addr=64, goal_addr=116, present_addr=132,
-                   position_bytes=4, size=256)
+STS3215 = MotorTable(
+    model_number=777, model_addr=3, torque_addr=40, goal_addr=42, present_addr=56, position_bytes=2, size=128
+)
+XL430 = MotorTable(
+    model_number=1060,
+    model_addr=0,
+    torque_addr=64,
+    goal_addr=116,
+    present_addr=132,
+    position_bytes=4,
+    size=256,
+)
 
 
 def dxl_crc(data: bytes) -> int:
@@ -78,8 +86,15 @@ def _unstuff(body: bytes) -> bytes:
 class ServoBusEmulator:
     """Motors ``ids`` on a pseudo-terminal; ``port`` is the device path to give the SDK."""
 
-    def __init__(self, protocol: Literal["feetech", "dynamixel"], ids: Iterable[int] = range(1, 7), *,
-                 latency_s: float = 0.0, speed: float = 20000.0, start: int = 2048) -> None:
+    def __init__(
+        self,
+        protocol: Literal["feetech", "dynamixel"],
+        ids: Iterable[int] = range(1, 7),
+        *,
+        latency_s: float = 0.0,
+        speed: float = 20000.0,
+        start: int = 2048,
+    ) -> None:
         if protocol not in ("feetech", "dynamixel"):
             raise ValueError(f"unknown servo protocol {protocol!r}")
         self.protocol = protocol
@@ -108,10 +123,12 @@ class ServoBusEmulator:
 
     # ---------------------------------------------------------------- control table
     def _put(self, m: bytearray, addr: int, value: int, n: int) -> None:
-        m[addr: addr + n] = int(value).to_bytes(n, "big" if self.table.big_endian else "little", signed=False)
+        m[addr : addr + n] = int(value).to_bytes(
+            n, "big" if self.table.big_endian else "little", signed=False
+        )
 
     def _get(self, m: bytearray, addr: int, n: int) -> int:
-        return int.from_bytes(m[addr: addr + n], "big" if self.table.big_endian else "little")
+        return int.from_bytes(m[addr : addr + n], "big" if self.table.big_endian else "little")
 
     def goal(self, motor_id: int) -> int:
         with self._lock:
@@ -168,6 +185,13 @@ class ServoBusEmulator:
         os.write(self._master, packet)
 
     def _serve(self) -> None:
+        # Real motors answer within microseconds whatever the host is doing; where allowed, give this
+        # thread real-time priority so a busy machine does not make the emulated bus miss the SDK's
+        # status timeouts (which a real bus would not).
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(60))
+        except (AttributeError, PermissionError, OSError):
+            pass
         buf = bytearray()
         while not self._closed:
             try:
@@ -186,7 +210,8 @@ class ServoBusEmulator:
             except OSError:
                 return
 
-    # Feetech: FF FF id len instr params... checksum, len = params + 2, checksum = ~(id + len + instr + params).
+    # Feetech: FF FF id len instr params... checksum; len = params + 2,
+    # checksum = ~(id + len + instr + params).
     def _parse_feetech(self, buf: bytearray) -> int:
         start = buf.find(b"\xff\xff")
         if start < 0:
@@ -245,7 +270,7 @@ class ServoBusEmulator:
         addr_len = 2 if dxl else 1  # address and length fields are 2 bytes in protocol 2.0
 
         def field(i: int) -> int:
-            return int.from_bytes(p[i * addr_len: (i + 1) * addr_len], "little")
+            return int.from_bytes(p[i * addr_len : (i + 1) * addr_len], "little")
 
         with self._lock:
             self._move()
@@ -257,24 +282,28 @@ class ServoBusEmulator:
                     replies = []
             elif instr == 0x02:  # read
                 addr, n = field(0), field(1)
-                replies = [(motor_id, bytes(self.mem[motor_id][addr: addr + n]))] if motor_id in self.mem else []
+                replies = (
+                    [(motor_id, bytes(self.mem[motor_id][addr : addr + n]))] if motor_id in self.mem else []
+                )
             elif instr == 0x03:  # write
                 addr, data = field(0), p[addr_len:]
                 replies = []
                 if motor_id in self.mem:
-                    self.mem[motor_id][addr: addr + len(data)] = data
+                    self.mem[motor_id][addr : addr + len(data)] = data
                     if motor_id != 0xFE:
                         replies = [(motor_id, b"")]
             elif instr == 0x82:  # sync read: each listed motor answers in turn
                 addr, n = field(0), field(1)
-                replies = [(i, bytes(self.mem[i][addr: addr + n])) for i in p[2 * addr_len:] if i in self.mem]
+                replies = [
+                    (i, bytes(self.mem[i][addr : addr + n])) for i in p[2 * addr_len :] if i in self.mem
+                ]
             elif instr == 0x83:  # sync write: no answer
                 addr, n = field(0), field(1)
-                rest = p[2 * addr_len:]
+                rest = p[2 * addr_len :]
                 for k in range(0, len(rest) - n, n + 1):
                     i = rest[k]
                     if i in self.mem:
-                        self.mem[i][addr: addr + n] = rest[k + 1: k + 1 + n]
+                        self.mem[i][addr : addr + n] = rest[k + 1 : k + 1 + n]
                 replies = []
             else:
                 replies = []

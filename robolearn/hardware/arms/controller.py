@@ -50,8 +50,17 @@ IDLE, RUNNING, HOLDING, FAULT, CLOSED = 0, 1, 2, 3, 4
 STATUS_NAMES = {IDLE: "idle", RUNNING: "running", HOLDING: "holding", FAULT: "fault", CLOSED: "closed"}
 # Published after the arm's values: status, success (-1 unknown), device time, host read time, ticks,
 # overrun ticks, ticks clipped to the box, ticks slowed to the speed limits, watchdog stops.
-STATUS_FIELDS = ("status", "success", "t_device", "t_host", "ticks", "overruns", "box_clips", "speed_clamps",
-                 "watchdog_stops")
+STATUS_FIELDS = (
+    "status",
+    "success",
+    "t_device",
+    "t_host",
+    "ticks",
+    "overruns",
+    "box_clips",
+    "speed_clamps",
+    "watchdog_stops",
+)
 _PERIOD_RING = 1 << 16
 
 
@@ -72,8 +81,12 @@ def _realtime(priority: int) -> None:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except (PermissionError, OSError):
-        print("robolearn arm controller: no permission for real-time scheduling (SCHED_FIFO); the servo loop "
-              "runs with normal priority", file=sys.stderr, flush=True)
+        print(
+            "robolearn arm controller: no permission for real-time scheduling (SCHED_FIFO); the servo loop "
+            "runs with normal priority",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _Terminate(BaseException):
@@ -104,8 +117,8 @@ class _Layout:
     def pack(self, values: dict[str, np.ndarray], status: list[float]) -> np.ndarray:
         vec = np.empty(self.size)
         for k, (off, shape) in self.keys.items():
-            vec[off: off + int(np.prod(shape))] = np.asarray(values[k], dtype=np.float64).reshape(-1)
-        vec[self.n_values:] = status
+            vec[off : off + int(np.prod(shape))] = np.asarray(values[k], dtype=np.float64).reshape(-1)
+        vec[self.n_values :] = status
         return vec
 
 
@@ -135,7 +148,10 @@ class ServoLoop:
         box = lim.workspace_min is not None
         self.box = (np.asarray(lim.workspace_min), np.asarray(lim.workspace_max)) if box else None
         if lim.joint_min is not None:
-            self.jlim: tuple[np.ndarray, np.ndarray] | None = (np.asarray(lim.joint_min), np.asarray(lim.joint_max))
+            self.jlim: tuple[np.ndarray, np.ndarray] | None = (
+                np.asarray(lim.joint_min),
+                np.asarray(lim.joint_max),
+            )
         else:
             self.jlim = self.driver.joint_limits
 
@@ -143,7 +159,9 @@ class ServoLoop:
         v = self.state.values
         if self.joint_space:
             return np.asarray(v["robot0_joint_pos"], dtype=np.float64)
-        return np.concatenate([np.asarray(v["robot0_eef_pos"], np.float64), np.asarray(v["robot0_eef_quat"], np.float64)])
+        return np.concatenate(
+            [np.asarray(v["robot0_eef_pos"], np.float64), np.asarray(v["robot0_eef_quat"], np.float64)]
+        )
 
     def trip(self, message: str) -> None:
         """Stop the arm and latch a fault with ``message``."""
@@ -168,8 +186,6 @@ class ServoLoop:
             self.traj = (JointTrajectory if self.joint_space else PoseTrajectory)(now, start)
             self.cmd = start.copy()
             self.prev_raw = start.copy()
-        if self.grip_traj is None:
-            self.grip_traj = ScalarTrajectory(now, np.array([0.0]))
         self.status = RUNNING
 
     # ---------------------------------------------------------------- commands
@@ -179,8 +195,15 @@ class ServoLoop:
         if kind == "close":
             return False
         if kind == "stats":
-            self.conn.send(("stats", {**self.counters, "periods": self.periods[: min(self.counters["ticks"],
-                                                                                     _PERIOD_RING)].copy()}))
+            self.conn.send(
+                (
+                    "stats",
+                    {
+                        **self.counters,
+                        "periods": self.periods[: min(self.counters["ticks"], _PERIOD_RING)].copy(),
+                    },
+                )
+            )
             return True
         if kind == "reset":
             try:
@@ -192,6 +215,9 @@ class ServoLoop:
                 self.conn.send(("reset", None))
             except Exception as e:  # noqa: BLE001 - reported to the client as one line
                 self.conn.send(("reset", f"{type(e).__name__}: {e}"))
+            return True
+        if kind == "latency":
+            self.driver.set_action_latency(msg[1])  # type: ignore[attr-defined] - the twin's (client checks)
             return True
         if kind == "limits":
             self.set_limits(msg[1])
@@ -216,8 +242,14 @@ class ServoLoop:
         elif kind == "joints":
             self.traj.schedule(np.asarray(msg[1], dtype=np.float64), t, now)
         elif kind == "gripper":
-            self.grip_traj.schedule(np.array([float(msg[1])]), t, now)
+            self._grip(float(msg[1]), t, now)
         return True
+
+    def _grip(self, close: float, t: float, now: float) -> None:
+        """The gripper is left alone until a command names it (a pose plan must not move it)."""
+        if self.grip_traj is None:
+            self.grip_traj = ScalarTrajectory(now, np.array([close]))
+        self.grip_traj.schedule(np.array([close]), t, now)
 
     def _action(self, a: np.ndarray, t: float, now: float) -> None:
         cfg = self.cfg
@@ -225,14 +257,18 @@ class ServoLoop:
         if cfg.action == "delta_pose":
             a = np.clip(a, -1.0, 1.0)  # as the sim task clips its actions
             base = self.measured()  # relative to where the arm is, as the sim's OSC controller takes it
-            target = np.concatenate([base[:3] + cfg.pos_scale * a[:3],
-                                     quat_mul(quat_from_rotvec(cfg.rot_scale * a[3:6]), base[3:])])
+            target = np.concatenate(
+                [
+                    base[:3] + cfg.pos_scale * a[:3],
+                    quat_mul(quat_from_rotvec(cfg.rot_scale * a[3:6]), base[3:]),
+                ]
+            )
         elif cfg.action == "abs_pose":
             target = as_pose(a[:6])
         else:
             target = a[:-1]
         self.traj.schedule(target, t, now)
-        self.grip_traj.schedule(np.array([grip]), t, now)
+        self._grip(grip, t, now)
 
     # ---------------------------------------------------------------- one tick
     def check_measured(self) -> None:
@@ -249,8 +285,10 @@ class ServoLoop:
             p = np.asarray(v["robot0_eef_pos"], dtype=np.float64)
             m = self.lim.workspace_margin
             if np.any(p < self.box[0] - m) or np.any(p > self.box[1] + m):
-                self.trip(f"end effector at {np.round(p, 3).tolist()} left the workspace box "
-                          f"{list(self.lim.workspace_min)}..{list(self.lim.workspace_max)} (margin {m} m)")
+                self.trip(
+                    f"end effector at {np.round(p, 3).tolist()} left the workspace box "
+                    f"{list(self.lim.workspace_min)}..{list(self.lim.workspace_max)} (margin {m} m)"
+                )
 
     def command(self, now: float) -> None:
         raw = self.traj(now)
@@ -258,10 +296,14 @@ class ServoLoop:
         if self.joint_space:
             asked = float(np.max(np.abs(raw - self.prev_raw)))
             if asked > lim.max_joint_step:
-                self.trip(f"joint command jumps {asked:.3f} rad in one tick (max_joint_step {lim.max_joint_step})")
+                self.trip(
+                    f"joint command jumps {asked:.3f} rad in one tick (max_joint_step {lim.max_joint_step})"
+                )
                 return
             target = np.clip(raw, *self.jlim) if self.jlim is not None else raw
-            step = np.clip(target - self.cmd, -lim.max_joint_speed * self.period, lim.max_joint_speed * self.period)
+            step = np.clip(
+                target - self.cmd, -lim.max_joint_speed * self.period, lim.max_joint_speed * self.period
+            )
             if not np.allclose(step, target - self.cmd):
                 self.counters["speed_clamps"] += 1
             self.cmd = self.cmd + step
@@ -269,34 +311,42 @@ class ServoLoop:
         else:
             lin, ang = pose_distance(raw, self.prev_raw)
             if lin > lim.max_step or ang > lim.max_step_rad:
-                self.trip(f"pose command jumps {lin:.3f} m / {ang:.3f} rad in one tick "
-                          f"(max_step {lim.max_step} m / max_step_rad {lim.max_step_rad} rad)")
+                self.trip(
+                    f"pose command jumps {lin:.3f} m / {ang:.3f} rad in one tick "
+                    f"(max_step {lim.max_step} m / max_step_rad {lim.max_step_rad} rad)"
+                )
                 return
             target = raw.copy()
             if self.box is not None:
                 target[:3] = np.clip(raw[:3], *self.box)
                 if not np.array_equal(target[:3], raw[:3]):
                     self.counters["box_clips"] += 1
-            new = pose_step_toward(self.cmd, target, lim.max_linear_speed * self.period,
-                                   lim.max_angular_speed * self.period)
+            new = pose_step_toward(
+                self.cmd, target, lim.max_linear_speed * self.period, lim.max_angular_speed * self.period
+            )
             if not np.array_equal(new, target):
                 self.counters["speed_clamps"] += 1
             self.cmd = new
             self.driver.servo_pose(self.cmd, now + self.period)
         self.prev_raw = raw
-        self.driver.gripper(float(self.grip_traj(now)[0]))
+        if self.grip_traj is not None:
+            self.driver.gripper(float(self.grip_traj(now)[0]))
 
     def tick(self, now: float) -> None:
         self.state = self.driver.read()
         self.t_host = time.monotonic()
-        if self.status == RUNNING:
-            age = self.t_host - self.state.t_device
-            if age > self.cfg.stale_s:
-                self.trip(f"arm state is {age:.2f} s old (stale_s {self.cfg.stale_s}): the arm stopped reporting")
-            elif now - self.last_cmd_time > self.cfg.watchdog_s:
+        age = self.t_host - self.state.t_device
+        if self.status != FAULT and age > self.cfg.stale_s:  # moving or not: the state must stay fresh
+            self.trip(f"arm state is {age:.2f} s old (stale_s {self.cfg.stale_s}): the arm stopped reporting")
+        elif self.status == RUNNING:
+            if now - self.last_cmd_time > self.cfg.watchdog_s:
                 self.counters["watchdog_stops"] += 1
-                print(f"robolearn arm controller: no command for {now - self.last_cmd_time:.2f} s "
-                      f"(watchdog_s {self.cfg.watchdog_s}); arm stopped", file=sys.stderr, flush=True)
+                print(
+                    f"robolearn arm controller: no command for {now - self.last_cmd_time:.2f} s "
+                    f"(watchdog_s {self.cfg.watchdog_s}); arm stopped",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.hold()
             else:
                 self.check_measured()
@@ -307,8 +357,17 @@ class ServoLoop:
         st = self.state
         success = -1.0 if st.success is None else float(st.success)
         c = self.counters
-        status = [self.status, success, st.t_device, self.t_host, c["ticks"], c["overruns"], c["box_clips"],
-                  c["speed_clamps"], c["watchdog_stops"]]
+        status = [
+            self.status,
+            success,
+            st.t_device,
+            self.t_host,
+            c["ticks"],
+            c["overruns"],
+            c["box_clips"],
+            c["speed_clamps"],
+            c["watchdog_stops"],
+        ]
         self.shm.write(self.layout.pack(st.values, status), text=self.fault)
 
     def run(self) -> None:
@@ -346,7 +405,11 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
     try:
         driver.connect()
     except BaseException as e:  # noqa: BLE001 - one line back to the client
-        msg = str(e) if isinstance(e, UserError) else f"{cfg.type} arm failed to connect: {type(e).__name__}: {e}"
+        msg = (
+            str(e)
+            if isinstance(e, UserError)
+            else f"{cfg.type} arm failed to connect: {type(e).__name__}: {e}"
+        )
         try:
             driver.disconnect()
         except Exception:  # noqa: BLE001
@@ -361,8 +424,19 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
         loop = ServoLoop(cfg, driver, shm, layout, conn)
         loop.publish()
         jl = driver.joint_limits
-        conn.send(("ready", {"shm": shm.name, "features": driver.features, "layout": layout.keys,
-                             "n_values": layout.n_values, "joint_limits": jl, **driver.extra_info()}))
+        conn.send(
+            (
+                "ready",
+                {
+                    "shm": shm.name,
+                    "features": driver.features,
+                    "layout": layout.keys,
+                    "n_values": layout.n_values,
+                    "joint_limits": jl,
+                    **driver.extra_info(),
+                },
+            )
+        )
         loop.run()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         why = "client gone"
@@ -378,7 +452,9 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
             driver.stop()
             print(f"robolearn arm controller: {why}; arm stopped", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001
-            print(f"robolearn arm controller: {why}; stopping the arm failed: {e}", file=sys.stderr, flush=True)
+            print(
+                f"robolearn arm controller: {why}; stopping the arm failed: {e}", file=sys.stderr, flush=True
+            )
         try:
             driver.disconnect()
         finally:
@@ -436,11 +512,15 @@ class ArmClient:
         if status == FAULT:
             raise RigError(f"{self.cfg.type} arm: {self._shm.text()}")
         if status == CLOSED or not self._proc.is_alive():
-            raise RigError(f"{self.cfg.type} arm: the controller process exited (exit code {self._proc.exitcode})")
+            raise RigError(
+                f"{self.cfg.type} arm: the controller process exited (exit code {self._proc.exitcode})"
+            )
         age = time.monotonic() - t_write
         if age > self.cfg.stale_s:
-            raise RigError(f"{self.cfg.type} arm: the controller published nothing for {age:.2f} s "
-                           f"(stale_s {self.cfg.stale_s}); it stalled")
+            raise RigError(
+                f"{self.cfg.type} arm: the controller published nothing for {age:.2f} s "
+                f"(stale_s {self.cfg.stale_s}); it stalled"
+            )
         return vec, t_write
 
     def state(self) -> tuple[dict[str, np.ndarray], float, float]:
@@ -449,14 +529,14 @@ class ArmClient:
         values = {}
         for k, (off, shape) in self._layout.items():
             f = self._features[k]
-            values[k] = vec[off: off + int(np.prod(shape))].reshape(shape).astype(f.dtype)
-        st = vec[self._n:]
+            values[k] = vec[off : off + int(np.prod(shape))].reshape(shape).astype(f.dtype)
+        st = vec[self._n :]
         return values, float(st[STATUS_FIELDS.index("t_device")]), float(st[STATUS_FIELDS.index("t_host")])
 
     def status(self) -> dict[str, Any]:
         """The controller's status name and counters (never raises for a fault)."""
         vec, _, _ = self._shm.read()
-        st = dict(zip(STATUS_FIELDS, vec[self._n:].tolist(), strict=True))
+        st = dict(zip(STATUS_FIELDS, vec[self._n :].tolist(), strict=True))
         st["status"] = STATUS_NAMES.get(int(st["status"]), "?")
         st["fault"] = self._shm.text()
         return st
@@ -481,7 +561,9 @@ class ArmClient:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         want = self.action_feature.shape
         if a.shape != want:
-            raise UserError(f"{self.cfg.type} arm ({self.cfg.action}) takes actions of shape {want}, got {a.shape}")
+            raise UserError(
+                f"{self.cfg.type} arm ({self.cfg.action}) takes actions of shape {want}, got {a.shape}"
+            )
         if not np.all(np.isfinite(a)):
             raise UserError(f"{self.cfg.type} arm: action has NaN or infinite entries: {a.tolist()}")
         self._send("action", a, t)
@@ -513,6 +595,14 @@ class ArmClient:
 
         check_config(limits, "arm.limits")
         self._send_raw(("limits", limits))
+
+    def set_action_latency(self, seconds: float) -> None:
+        """The twin: delay every command by ``seconds`` before it acts (for latency calibration)."""
+        if self.cfg.type != "twin":
+            raise UserError(f"action latency is injected into the twin only, not a {self.cfg.type} arm")
+        if not 0.0 <= seconds <= 2.0:
+            raise UserError(f"action latency must be within 0..2 s, got {seconds}")
+        self._send_raw(("latency", float(seconds)))
 
     def _send_raw(self, msg: tuple) -> None:
         try:
@@ -595,8 +685,9 @@ def open_arm(cfg: ArmConfig) -> ArmClient:
         msg = conn.recv()
     except EOFError:
         proc.join(5.0)
-        raise RigError(f"{cfg.type} arm: the controller process died while starting (exit code {proc.exitcode})") \
-            from None
+        raise RigError(
+            f"{cfg.type} arm: the controller process died while starting (exit code {proc.exitcode})"
+        ) from None
     except BaseException:
         proc.terminate()
         proc.join(5.0)

@@ -17,8 +17,10 @@ from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState, import_sdk, r
 
 DEFAULTS = {"relative_dynamics_factor": 0.1, "gripper_speed": 0.05, "gripper_force": 20.0}
 # Panda / FR3 joint limits (radians) from Franka's datasheet.
-PANDA_LIMITS = (np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973]),
-                np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]))
+PANDA_LIMITS = (
+    np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973]),
+    np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]),
+)
 
 
 class FrankaArm(Arm):
@@ -26,8 +28,9 @@ class FrankaArm(Arm):
         super().__init__(cfg)
         unknown = set(cfg.options) - set(DEFAULTS)
         if unknown:
-            raise ConfigError(f"unknown franka option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
-                              key="options")
+            raise ConfigError(
+                f"unknown franka option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}", key="options"
+            )
         self.opt = {**DEFAULTS, **cfg.options}
         self._robot: Any = None
         self._gripper: Any = None
@@ -54,10 +57,12 @@ class FrankaArm(Arm):
         ee = self._robot.current_cartesian_state.pose.end_effector_pose
         q = self._robot.current_joint_state.position
         width = float(self._gripper.width)
-        values = {"robot0_eef_pos": np.asarray(ee.translation, np.float32),
-                  "robot0_eef_quat": np.asarray(ee.quaternion, np.float32),  # x, y, z, w
-                  "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
-                  "robot0_joint_pos": np.asarray(q, np.float32)}
+        values = {
+            "robot0_eef_pos": np.asarray(ee.translation, np.float32),
+            "robot0_eef_quat": np.asarray(ee.quaternion, np.float32),  # x, y, z, w
+            "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
+            "robot0_joint_pos": np.asarray(q, np.float32),
+        }
         return ArmState(values, t)
 
     def servo_pose(self, pose: np.ndarray, t: float) -> None:

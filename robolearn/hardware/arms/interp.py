@@ -26,12 +26,14 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The rotation ``a`` after ``b`` (Hamilton product, xyzw)."""
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return np.array([
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    ])
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
 
 
 def quat_conj(q: np.ndarray) -> np.ndarray:
@@ -65,11 +67,13 @@ def quat_angle(a: np.ndarray, b: np.ndarray) -> float:
 
 def quat_to_mat(q: np.ndarray) -> np.ndarray:
     x, y, z, w = quat_normalize(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def quat_from_mat(m: np.ndarray) -> np.ndarray:
@@ -109,7 +113,9 @@ def as_pose(pose: np.ndarray) -> np.ndarray:
         return np.concatenate([p[:3], quat_from_rotvec(p[3:])])
     if p.shape == (7,):
         return np.concatenate([p[:3], quat_normalize(p[3:])])
-    raise ValueError(f"a pose is 7 numbers (x, y, z, qx, qy, qz, qw) or 6 (x, y, z, rotation vector), got {p.shape}")
+    raise ValueError(
+        f"a pose is 7 numbers (x, y, z, qx, qy, qz, qw) or 6 (x, y, z, rotation vector), got {p.shape}"
+    )
 
 
 def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

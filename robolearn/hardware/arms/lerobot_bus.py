@@ -24,7 +24,9 @@ from robolearn.hardware.arms.bus_emulator import STS3215, XL430, MotorTable
 
 MOTOR_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 RESOLUTION = 4096  # ticks per turn (STS3215, XL430, XL330)
-DEFAULTS = {"retries": 3, "torque_off_on_disconnect": False}
+# backend "sdk": the vendor SDK's group sync read/write here; "lerobot": lerobot's motor bus classes
+# (FeetechMotorsBus / DynamixelMotorsBus, with lerobot's own normalisation), for setups built with lerobot.
+DEFAULTS = {"retries": 3, "torque_off_on_disconnect": False, "backend": "sdk"}
 
 
 def load_calibration(path: Any, names: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -52,13 +54,22 @@ class BusArm(Arm):
         super().__init__(cfg)
         unknown = set(cfg.options) - set(DEFAULTS)
         if unknown:
-            raise ConfigError(f"unknown {cfg.type} option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
-                              key="options")
+            raise ConfigError(
+                f"unknown {cfg.type} option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
+                key="options",
+            )
         self.opt = {**DEFAULTS, **cfg.options}
+        if self.opt["backend"] not in ("sdk", "lerobot"):
+            raise ConfigError(
+                f"options.backend must be 'sdk' or 'lerobot', got {self.opt['backend']!r}", key="options"
+            )
         self.ids = list(cfg.motor_ids or range(1, 7))
         if len(self.ids) != len(MOTOR_NAMES):
-            raise ConfigError(f"a {cfg.type} arm has {len(MOTOR_NAMES)} motors ({', '.join(MOTOR_NAMES)}), "
-                              f"got {len(self.ids)} motor_ids", key="motor_ids")
+            raise ConfigError(
+                f"a {cfg.type} arm has {len(MOTOR_NAMES)} motors ({', '.join(MOTOR_NAMES)}), "
+                f"got {len(self.ids)} motor_ids",
+                key="motor_ids",
+            )
         self.table: MotorTable = XL430 if cfg.type == "koch" else STS3215
         mid = RESOLUTION // 2
         self.lo = np.full(len(self.ids), 0.0)
@@ -88,8 +99,9 @@ class BusArm(Arm):
 
     # ---------------------------------------------------------------- bus
     def _fail(self, what: str, result: int) -> RuntimeError:
-        return RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: "
-                            f"{self._ph.getTxRxResult(result)}")
+        return RuntimeError(
+            f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: {self._ph.getTxRxResult(result)}"
+        )
 
     def connect(self) -> None:
         sdk = import_sdk(self.cfg.type)
@@ -99,18 +111,24 @@ class BusArm(Arm):
         try:
             opened = port.openPort() and port.setBaudRate(self.cfg.baudrate)
         except Exception as e:  # noqa: BLE001 - pyserial raises its own SerialException
-            raise UserError(f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port}: {e}") from None
+            raise UserError(
+                f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port}: {e}"
+            ) from None
         if not opened:
-            raise UserError(f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port} "
-                            f"at {self.cfg.baudrate} baud")
+            raise UserError(
+                f"{self.cfg.type} arm: cannot open serial port {self.cfg.serial_port} "
+                f"at {self.cfg.baudrate} baud"
+            )
         self._port = port
         for i in self.ids:
             found: list[int] = []
             self._tx(lambda i=i, found=found: self._ping(i, found), f"ping of motor {i}")
             model = found[0]
             if model != self.table.model_number:
-                raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port}: motor {i} is model {model}, "
-                                   f"expected {self.table.model_number}")
+                raise RuntimeError(
+                    f"{self.cfg.type} bus on {self.cfg.serial_port}: motor {i} is model {model}, "
+                    f"expected {self.table.model_number}"
+                )
         t = self.table
         self._reader = sdk.GroupSyncRead(port, self._ph, t.present_addr, t.position_bytes)
         for i in self.ids:
@@ -119,7 +137,9 @@ class BusArm(Arm):
         raw = self._read_raw()
         self._write_raw(raw)  # goal = where the arm is, before the torque comes on
         for i in self.ids:
-            self._tx(lambda i=i: self._ph.write1ByteTxRx(port, i, t.torque_addr, 1)[0], f"torque on motor {i}")
+            self._tx(
+                lambda i=i: self._ph.write1ByteTxRx(port, i, t.torque_addr, 1)[0], f"torque on motor {i}"
+            )
 
     def _tx(self, fn: Any, what: str) -> Any:
         result = -1
@@ -127,8 +147,9 @@ class BusArm(Arm):
             try:
                 result = fn()
             except OSError as e:  # pyserial's SerialException is an OSError: the adapter is gone
-                raise RuntimeError(f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}") \
-                    from None
+                raise RuntimeError(
+                    f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}"
+                ) from None
             except (IndexError, ValueError):  # the SDKs index into a garbled packet: a failed try
                 result = self._sdk.COMM_RX_CORRUPT
             if result == 0:
@@ -175,15 +196,22 @@ class BusArm(Arm):
         t = time.monotonic()
         span = max(self.hi[-1] - self.lo[-1], 1.0)
         width = self.cfg.gripper_max_width * float(np.clip((raw[-1] - self.lo[-1]) / span, 0.0, 1.0))
-        values = {"robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
-                  "robot0_joint_pos": self.ticks_to_rad(raw)[:-1].astype(np.float32)}
+        values = {
+            "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
+            "robot0_joint_pos": self.ticks_to_rad(raw)[:-1].astype(np.float32),
+        }
         return ArmState(values, t)
 
     def servo_joints(self, q: np.ndarray, t: float) -> None:
         arm = self.rad_to_ticks(q, slice(0, len(self.ids) - 1))
-        grip = self._grip_goal if self._grip_goal is not None else (
-            self._last_raw[-1] if self._last_raw is not None else self.center[-1])
-        self._write_raw(np.clip(np.append(arm, grip), np.minimum(self.lo, self.hi), np.maximum(self.lo, self.hi)))
+        grip = (
+            self._grip_goal
+            if self._grip_goal is not None
+            else (self._last_raw[-1] if self._last_raw is not None else self.center[-1])
+        )
+        self._write_raw(
+            np.clip(np.append(arm, grip), np.minimum(self.lo, self.hi), np.maximum(self.lo, self.hi))
+        )
 
     def gripper(self, close: float) -> None:
         self._grip_goal = self.close_to_ticks(close)
@@ -200,6 +228,101 @@ class BusArm(Arm):
                 for i in self.ids:
                     self._ph.write1ByteTxRx(self._port, i, self.table.torque_addr, 0)
             self._port.closePort()
+        except Exception:  # noqa: BLE001 - an unplugged port cannot be closed cleanly; nothing is left to do
+            pass
+        self._port = None
+
+
+class LeRobotBusArm(BusArm):
+    """The same arms through lerobot's motor bus classes: joints in lerobot's degrees (the middle of
+    each calibrated range is zero), the gripper in its 0..100 range (100 open)."""
+
+    def connect(self) -> None:
+        import_sdk(self.cfg.type)
+        try:
+            from lerobot.motors import Motor, MotorCalibration, MotorNormMode
+
+            if self.cfg.type == "koch":
+                from lerobot.motors.dynamixel import DynamixelMotorsBus as Bus
+            else:
+                from lerobot.motors.feetech import FeetechMotorsBus as Bus
+        except ImportError as e:
+            raise UserError(
+                f"options.backend 'lerobot' needs lerobot's motor buses ({e.name} is missing); "
+                "install lerobot, or use backend: sdk"
+            ) from None
+        model = "xl430-w250" if self.cfg.type == "koch" else "sts3215"
+        motors, cal = {}, {}
+        for j, (name, i) in enumerate(zip(MOTOR_NAMES, self.ids, strict=True)):
+            mode = MotorNormMode.RANGE_0_100 if name == "gripper" else MotorNormMode.DEGREES
+            motors[name] = Motor(i, model, mode)
+            cal[name] = MotorCalibration(
+                id=i,
+                drive_mode=int(self.sign[j] < 0),
+                homing_offset=0,
+                range_min=int(self.lo[j]),
+                range_max=int(self.hi[j]),
+            )
+        for attempt in range(int(self.opt["retries"])):  # lerobot's handshake pings each motor once
+            self._bus = Bus(port=self.cfg.serial_port, motors=motors, calibration=cal)
+            try:
+                self._bus.connect()
+                self._bus.enable_torque(num_retry=int(self.opt["retries"]) - 1)
+                break
+            except (ConnectionError, OSError, RuntimeError) as e:
+                if self._bus.is_connected:
+                    self._bus.port_handler.closePort()
+                if attempt + 1 == int(self.opt["retries"]):
+                    raise RuntimeError(
+                        f"{self.cfg.type} bus on {self.cfg.serial_port} (lerobot): {' '.join(str(e).split())}"
+                    ) from None
+        self._port = self._bus  # marks the arm connected for stop()/disconnect()
+        self._grip_pct: float | None = None
+
+    def _call(self, fn: Any, what: str) -> Any:
+        try:
+            return fn()
+        except (ConnectionError, OSError, RuntimeError) as e:
+            raise RuntimeError(
+                f"{self.cfg.type} bus on {self.cfg.serial_port} (lerobot): {what}: {' '.join(str(e).split())}"
+            ) from None
+
+    def _positions(self) -> dict[str, float]:
+        n = int(self.opt["retries"]) - 1
+        return self._call(lambda: self._bus.sync_read("Present_Position", num_retry=n), "sync read")
+
+    @property
+    def joint_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        half = (self.hi - self.lo)[:-1] / 2 * 2 * np.pi / (RESOLUTION - 1)
+        return -np.abs(half), np.abs(half)
+
+    def read(self) -> ArmState:
+        pos = self._positions()
+        t = time.monotonic()
+        q = np.deg2rad([pos[n] for n in MOTOR_NAMES[:-1]]).astype(np.float32)
+        width = self.cfg.gripper_max_width * float(np.clip(pos["gripper"] / 100.0, 0.0, 1.0))
+        values = {"robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32), "robot0_joint_pos": q}
+        self._last_pos = pos
+        return ArmState(values, t)
+
+    def servo_joints(self, q: np.ndarray, t: float) -> None:
+        goal = {n: float(np.rad2deg(q[j])) for j, n in enumerate(MOTOR_NAMES[:-1])}
+        goal["gripper"] = self._grip_pct if self._grip_pct is not None else self._last_pos["gripper"]
+        self._call(lambda: self._bus.sync_write("Goal_Position", goal), "sync write")
+
+    def gripper(self, close: float) -> None:
+        self._grip_pct = (1.0 - close) / 2.0 * 100.0
+
+    def stop(self) -> None:
+        if self._port is not None:
+            pos = self._positions()
+            self._call(lambda: self._bus.sync_write("Goal_Position", pos), "sync write")
+
+    def disconnect(self) -> None:
+        if self._port is None:
+            return
+        try:
+            self._bus.disconnect(disable_torque=bool(self.opt["torque_off_on_disconnect"]))
         except Exception:  # noqa: BLE001 - an unplugged port cannot be closed cleanly; nothing is left to do
             pass
         self._port = None

@@ -38,7 +38,7 @@ class ShmState:
             self._shm = _attach(name)
         self.owner = create
         self._arr = np.ndarray((self.n + 2,), np.float64, self._shm.buf[: 8 * (self.n + 2)])
-        self._text = self._shm.buf[8 * (self.n + 2): size]
+        self._text = self._shm.buf[8 * (self.n + 2) : size]
         if create:
             self._arr[:] = 0.0
             self._text[:] = b"\0" * _TEXT
@@ -71,7 +71,9 @@ class ShmState:
 
     def text(self) -> str:
         raw = bytes(self._text)
-        return raw[: raw.index(b"\0")].decode(errors="replace") if b"\0" in raw else raw.decode(errors="replace")
+        return (
+            raw[: raw.index(b"\0")].decode(errors="replace") if b"\0" in raw else raw.decode(errors="replace")
+        )
 
     def close(self) -> None:
         try:

@@ -31,21 +31,27 @@ class TwinArm(Arm):
         load_task(self.cfg.task)  # an unknown task is the user's mistake: say so before starting anything
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        world_cfg = TwinWorldConfig(task=str(self.cfg.task), seed=self.cfg.seed,
-                                    action_latency_s=self.cfg.action_latency_s)
+        world_cfg = TwinWorldConfig(
+            task=str(self.cfg.task), seed=self.cfg.seed, action_latency_s=self.cfg.action_latency_s
+        )
         self._proc = ctx.Process(target=run_world, args=(world_cfg, child), name="robolearn-twin-world")
         self._proc.start()
         child.close()
         if not self._conn.poll(self.cfg.connect_timeout_s):
             self._proc.kill()
-            raise RuntimeError(f"twin world for task {self.cfg.task!r} did not start in {self.cfg.connect_timeout_s} s")
+            raise RuntimeError(
+                f"twin world for task {self.cfg.task!r} did not start in {self.cfg.connect_timeout_s} s"
+            )
         kind, info = self._conn.recv()
         if kind != "ready":
             raise RuntimeError(info)
         self._info = info
         self._reader = TwinStateReader(info["shm"], info["layout"])
-        self._features = {k: Feature(shape, "float64" if k == "sim_state" else "float32")
-                          for k, (_, shape) in info["layout"].items() if k not in STATUS_KEYS}
+        self._features = {
+            k: Feature(shape, "float64" if k == "sim_state" else "float32")
+            for k, (_, shape) in info["layout"].items()
+            if k not in STATUS_KEYS
+        }
 
     @property
     def features(self) -> dict[str, Feature]:
@@ -59,8 +65,11 @@ class TwinArm(Arm):
     def read(self) -> ArmState:
         assert self._reader is not None
         vals, t, _ = self._reader.read()
-        out = {k: (v.astype(np.float64) if k == "sim_state" else v.astype(np.float32))
-               for k, v in vals.items() if k not in STATUS_KEYS}
+        out = {
+            k: (v.astype(np.float64) if k == "sim_state" else v.astype(np.float32))
+            for k, v in vals.items()
+            if k not in STATUS_KEYS
+        }
         return ArmState(out, t, success=bool(vals["success"] > 0.5))
 
     def _send(self, *msg: Any) -> None:
@@ -84,6 +93,9 @@ class TwinArm(Arm):
         if self._proc is not None and self._proc.is_alive():
             self._send("hold")
 
+    def set_action_latency(self, seconds: float) -> None:
+        self._send("latency", float(seconds))
+
     def reset(self, seed: int | None) -> None:
         self._conn.send(("reset", seed))
         if not self._conn.poll(self.cfg.connect_timeout_s):
@@ -92,8 +104,11 @@ class TwinArm(Arm):
         self._grip = None
 
     def extra_info(self) -> dict[str, Any]:
-        return {"twin_shm": self._info.get("shm"), "twin_layout": self._info.get("layout"),
-                "world_pid": self._proc.pid if self._proc else None}
+        return {
+            "twin_shm": self._info.get("shm"),
+            "twin_layout": self._info.get("layout"),
+            "world_pid": self._proc.pid if self._proc else None,
+        }
 
     def disconnect(self) -> None:
         if self._proc is None:

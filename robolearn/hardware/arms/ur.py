@@ -15,8 +15,15 @@ from robolearn.hardware.arms.base import Arm, ArmConfig, ArmState, import_sdk, r
 from robolearn.hardware.arms.interp import quat_from_rotvec, quat_to_rotvec
 
 # servoL/servoJ tuning (ur-rtde's documented ranges: lookahead 0.03-0.2 s, gain 100-2000).
-DEFAULTS = {"lookahead_time": 0.1, "gain": 300, "speed": 0.5, "acceleration": 0.5, "stop_deceleration": 10.0,
-            "tcp_offset": None, "payload_mass": None}
+DEFAULTS = {
+    "lookahead_time": 0.1,
+    "gain": 300,
+    "speed": 0.5,
+    "acceleration": 0.5,
+    "stop_deceleration": 10.0,
+    "tcp_offset": None,
+    "payload_mass": None,
+}
 
 
 def ur_pose_to_pose(p: Any) -> np.ndarray:
@@ -36,7 +43,9 @@ class URArm(Arm):
         if unknown:
             from robolearn.errors import ConfigError
 
-            raise ConfigError(f"unknown ur option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}", key="options")
+            raise ConfigError(
+                f"unknown ur option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}", key="options"
+            )
         self.opt = {**DEFAULTS, **cfg.options}
         self._ctrl: Any = None
         self._recv: Any = None
@@ -61,19 +70,27 @@ class URArm(Arm):
     def read(self) -> ArmState:
         pose = ur_pose_to_pose(self._recv.getActualTCPPose())
         q = np.asarray(self._recv.getActualQ(), dtype=np.float32)
-        values = {"robot0_eef_pos": pose[:3].astype(np.float32), "robot0_eef_quat": pose[3:].astype(np.float32),
-                  "robot0_gripper_qpos": np.zeros(2, np.float32), "robot0_joint_pos": q}
+        values = {
+            "robot0_eef_pos": pose[:3].astype(np.float32),
+            "robot0_eef_quat": pose[3:].astype(np.float32),
+            "robot0_gripper_qpos": np.zeros(2, np.float32),
+            "robot0_joint_pos": q,
+        }
         return ArmState(values, self._t0 + float(self._recv.getTimestamp()))
 
     def servo_pose(self, pose: np.ndarray, t: float) -> None:
         dt = max(t - time.monotonic(), 1.0 / self.cfg.servo_hz)
         o = self.opt
-        self._ctrl.servoL(pose_to_ur_pose(pose), o["speed"], o["acceleration"], dt, o["lookahead_time"], o["gain"])
+        self._ctrl.servoL(
+            pose_to_ur_pose(pose), o["speed"], o["acceleration"], dt, o["lookahead_time"], o["gain"]
+        )
 
     def servo_joints(self, q: np.ndarray, t: float) -> None:
         dt = max(t - time.monotonic(), 1.0 / self.cfg.servo_hz)
         o = self.opt
-        self._ctrl.servoJ([float(x) for x in q], o["speed"], o["acceleration"], dt, o["lookahead_time"], o["gain"])
+        self._ctrl.servoJ(
+            [float(x) for x in q], o["speed"], o["acceleration"], dt, o["lookahead_time"], o["gain"]
+        )
 
     def gripper(self, close: float) -> None:
         """UR arms carry third-party grippers (Robotiq, ...) on their own bus; none is driven here."""

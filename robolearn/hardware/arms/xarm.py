@@ -23,9 +23,13 @@ def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
     """Fixed-axis roll (x), pitch (y), yaw (z): R = Rz(yaw) Ry(pitch) Rx(roll)."""
     r, p, y = rpy
     cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    m = np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                  [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                  [-sp, cp * sr, cp * cr]])
+    m = np.array(
+        [
+            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+            [-sp, cp * sr, cp * cr],
+        ]
+    )
     return quat_from_mat(m)
 
 
@@ -54,11 +58,13 @@ class XArm(Arm):
         super().__init__(cfg)
         unknown = set(cfg.options) - set(DEFAULTS)
         if unknown:
-            raise ConfigError(f"unknown xarm option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}",
-                              key="options")
+            raise ConfigError(
+                f"unknown xarm option(s) {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}", key="options"
+            )
         self.opt = {**DEFAULTS, **cfg.options}
         self._arm: Any = None
         self._grip_cmd: float | None = None
+        self._stopped = False
 
     def _check(self, code: Any, what: str) -> Any:
         ret = code if isinstance(code, tuple) else (code, None)
@@ -88,15 +94,27 @@ class XArm(Arm):
         if self.opt["gripper"]:
             pos = self._check(self._arm.get_gripper_position(), "get_gripper_position")
             width = self.cfg.gripper_max_width * float(pos) / GRIPPER_OPEN
-        values = {"robot0_eef_pos": pose[:3].astype(np.float32), "robot0_eef_quat": pose[3:].astype(np.float32),
-                  "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
-                  "robot0_joint_pos": q[: int(self.opt["dof"])]}
+        values = {
+            "robot0_eef_pos": pose[:3].astype(np.float32),
+            "robot0_eef_quat": pose[3:].astype(np.float32),
+            "robot0_gripper_qpos": np.array([width / 2, -width / 2], np.float32),
+            "robot0_joint_pos": q[: int(self.opt["dof"])],
+        }
         return ArmState(values, t)
 
+    def _resume(self) -> None:
+        """After stop() the arm sits in the stop state; servo mode must be entered again."""
+        if self._stopped:
+            self._check(self._arm.set_mode(1), "set_mode(1) (servo mode)")
+            self._check(self._arm.set_state(0), "set_state(0)")
+            self._stopped = False
+
     def servo_pose(self, pose: np.ndarray, t: float) -> None:
+        self._resume()
         self._check(self._arm.set_servo_cartesian(pose_to_xarm_pose(pose), is_radian=True), "set_servo_cartesian")
 
     def servo_joints(self, q: np.ndarray, t: float) -> None:
+        self._resume()
         self._check(self._arm.set_servo_angle_j([float(x) for x in q], is_radian=True), "set_servo_angle_j")
 
     def gripper(self, close: float) -> None:
@@ -108,7 +126,8 @@ class XArm(Arm):
 
     def stop(self) -> None:
         if self._arm is not None:
-            self._arm.set_state(4)  # stop state: the arm halts; set_state(0) is needed to move again
+            self._arm.set_state(4)  # stop state: the arm halts; _resume() re-enters servo mode
+            self._stopped = True
 
     def disconnect(self) -> None:
         if self._arm is not None:

@@ -9,7 +9,6 @@ it already has, counts dropped frames, and turns a camera that stops delivering 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -128,11 +127,17 @@ class PlaybackEnded(RigError):
 
 
 class CameraStream:
-    """The consumer's handle on one camera process; see the module docstring.
+    r"""The consumer's handle on one camera process; see the module docstring.
 
     Reads return copies by default (a frame kept by a recorder must not change under it);
     ``copy=False`` gives read-only views into shared memory, valid until the camera wraps around the
-    ring (``ring_frames`` frames later; :meth:`still_valid` tells)."""
+    ring (``ring_frames`` frames later; :meth:`still_valid` tells). :meth:`frames_since` is meant for
+    one consumer per camera (the recorder); any number may call :meth:`latest` and :meth:`nearest`.
+
+    Another producer (a simulator's rendered camera) plugs in behind the same handle: create the
+    ring with ``ShmRing.create(cfg.ring_specs(), cfg.ring_frames)``, start a process that attaches
+    to it, calls ``set_info({"depth_scale": ..., "clock": ...})``, sets ``state = RUNNING`` and
+    ``write``\ s each frame, and wrap them in ``CameraStream(cfg, ring, process, clock_origin)``."""
 
     def __init__(self, cfg: CameraConfig, ring: ShmRing, process: Any, clock_origin: float | None) -> None:
         self.cfg, self._ring, self._process = cfg, ring, process
@@ -358,8 +363,3 @@ def open_camera(cfg: CameraConfig, clock_origin: float | None = None, wait_first
         stream.close()
         raise
     return stream
-
-
-def rs_time(ms: float) -> float:
-    """RealSense timestamps are milliseconds."""
-    return ms / 1000.0 if math.isfinite(ms) else float("nan")

@@ -54,14 +54,16 @@ def _intrinsics(rs: Any, w: int, h: int, fov_x_deg: float = 69.0) -> Any:
 def write_recording(path: str | os.PathLike, frames: Iterable[RecordedFrame], width: int, height: int,
                     fps: int = 30, depth: bool = True, depth_scale: float = 0.001, serial: str = "000000000001",
                     model: str = "Intel RealSense D435", domain: str = "global_time",
-                    depth_to_color_m: tuple[float, float, float] = (0.015, 0.0, 0.0), realtime: bool = False) -> Path:
+                    depth_to_color_m: tuple[float, float, float] = (0.015, 0.0, 0.0), realtime: bool = False,
+                    single_sensor: bool = False) -> Path:
     """Record ``frames`` into a RealSense recording at ``path`` (``.db3``) through ``rs.software_device``
     and ``rs.recorder``; returns the path. Frames carry their own frame numbers and timestamps (in
     timestamp ``domain``: global_time, hardware_clock or system_time) so a recording can hold gaps.
 
     The recorder also stamps each frame with its own clock, which the SDK's real-time playback
     follows; ``realtime=True`` pushes frames spaced as their timestamps are (slower to write) so that
-    a real-time playback runs at the frames' rate. Non-real-time playback does not need it."""
+    a real-time playback runs at the frames' rate. Non-real-time playback does not need it.
+    ``single_sensor=True`` puts colour and depth on one sensor, as a D405 has them."""
     rs = _rs()
     path = Path(path)
     if path.suffix != ".db3":
@@ -82,7 +84,7 @@ def write_recording(path: str | os.PathLike, frames: Iterable[RecordedFrame], wi
     color_profile = color_sensor.add_video_stream(vs).as_video_stream_profile()
     sensors = [(color_sensor, color_profile)]
     if depth:
-        depth_sensor = dev.add_sensor("Stereo Module")
+        depth_sensor = color_sensor if single_sensor else dev.add_sensor("Stereo Module")
         vd = rs.video_stream()
         vd.type, vd.index, vd.uid, vd.width, vd.height, vd.fps, vd.bpp, vd.fmt = \
             rs.stream.depth, 0, 2, width, height, fps, 2, rs.format.z16
@@ -95,8 +97,9 @@ def write_recording(path: str | os.PathLike, frames: Iterable[RecordedFrame], wi
         sensors.append((depth_sensor, depth_profile))
     recorder = rs.recorder(str(path), dev)
     rec_sensors = recorder.query_sensors()
-    for rec_sensor, (_, profile) in zip(rec_sensors, sensors, strict=True):
-        rec_sensor.open(profile)
+    profiles = [[p for _, p in sensors]] if single_sensor and depth else [[p] for _, p in sensors]
+    for rec_sensor, ps in zip(rec_sensors, profiles, strict=True):
+        rec_sensor.open(ps if len(ps) > 1 else ps[0])
         rec_sensor.start(lambda f: None)  # the recorder writes frames on their way to this callback
 
     def push(sensor: Any, profile: Any, pixels: np.ndarray, bpp: int, fnum: int, t_ms: float,
@@ -158,6 +161,6 @@ def recording_info(path: str | os.PathLike) -> dict[str, Any]:
                             "format": str(prof.format()).rsplit(".", 1)[-1], "fps": prof.fps(),
                             **({"width": v.width(), "height": v.height()} if v else {})})
         if s.is_depth_sensor():
-            depth_scale = float(s.as_depth_sensor().get_depth_scale())
+            depth_scale = float(f"{s.as_depth_sensor().get_depth_scale():.7g}")  # float32 in the SDK
     return {**device_facts(dev), "file": str(p), "streams": streams, "depth_scale": depth_scale,
             "duration_s": pb.get_duration().total_seconds()}

@@ -176,9 +176,10 @@ def _stream(cfg: CameraConfig, ring: ShmRing, holder: list[Source], clock_origin
         if pace:
             now = time.time()
             due = None if pace_zero is None else pace_zero[1] + (cap.t_device - pace_zero[0]) / cfg.playback_speed
-            if due is None or now - due > 2 * period:
-                # First frame, or late (the consumer held us up, a loop restart): release frames at the
-                # recorded rate from here on rather than in a burst, as a live camera would.
+            if due is None or now - due > max(0.5, 2 * period):
+                # First frame, or far behind: release frames at the recorded rate from here on rather than
+                # in a long burst. A short lag (a busy CPU, a loop restart) is caught up, so the recorded
+                # rate holds on average; a consumer that held us up re-anchors below.
                 pace_zero, due = (cap.t_device, now), now
             while time.time() < due and not should_stop():  # no heartbeat: a recorded silence is one
                 time.sleep(min(0.002, max(0.0, due - time.time())))

@@ -92,10 +92,11 @@ class RealSenseSource(Source):
             raise SourceError(f"RealSense {cfg.serial} is not connected (connected: {', '.join(serials) or 'none'})")
         return devices[serials.index(cfg.serial)]
 
-    def _profile(self, rs: Any, dev: Any, stream: Any, fmt: Any) -> tuple[Any, Any]:
+    def _profile(self, rs: Any, dev: Any, stream: Any, fmt: Any) -> tuple[int, Any, Any]:
+        """(sensor index, sensor, profile) of the stream at the configured size and rate."""
         cfg = self.cfg
         seen = []
-        for s in dev.query_sensors():
+        for idx, s in enumerate(dev.query_sensors()):
             for p in s.get_stream_profiles():
                 if p.stream_type() != stream or not p.is_video_stream_profile():
                     continue
@@ -105,7 +106,7 @@ class RealSenseSource(Source):
                 if (v.width(), v.height(), p.fps()) == (cfg.width, cfg.height, cfg.fps) and p.format() in fmts:
                     if not self.recorded and p.format() != fmt:
                         continue  # a live device: ask for the format we store
-                    return s, p
+                    return idx, s, p
         what = "colour" if stream == rs.stream.color else "depth"
         where = f"recording {self.cfg.path}" if self.recorded else f"RealSense {dev.get_info(rs.camera_info.serial_number)}"
         listed = ", ".join(sorted(set(seen))[:12]) or "none"
@@ -119,15 +120,14 @@ class RealSenseSource(Source):
         dev = self._device(rs)
         if self._playback is not None:
             self._playback.pause()  # start every sensor before the first frame is read
-        self._color_sensor, self._color_profile = self._profile(rs, dev, rs.stream.color, rs.format.rgb8)
-        self._bgr = self._color_profile.format() == rs.format.bgr8
-        targets = [(self._color_sensor, self._color_profile, "color")]
+        ci, cs, cp = self._profile(rs, dev, rs.stream.color, rs.format.rgb8)
+        self._bgr = cp.format() == rs.format.bgr8
+        # Sensor index -> (sensor, profiles): a D405 gives colour and depth from one sensor.
+        targets: dict[int, tuple[Any, list[Any]]] = {ci: (cs, [cp])}
         depth_scale = None
         if cfg.depth:
-            ds, dp = self._profile(rs, dev, rs.stream.depth, rs.format.z16)
-            if ds == self._color_sensor:
-                raise SourceError("colour and depth on one sensor are not supported")
-            targets.append((ds, dp, "depth"))
+            di, ds, dp = self._profile(rs, dev, rs.stream.depth, rs.format.z16)
+            targets.setdefault(di, (ds, []))[1].append(dp)
             # The SDK keeps the scale as float32: 7 significant digits are all it knows (0.001, not 0.0010000000475).
             depth_scale = float(f"{ds.as_depth_sensor().get_depth_scale():.7g}") if ds.is_depth_sensor() else None
             if not depth_scale:
@@ -139,7 +139,7 @@ class RealSenseSource(Source):
             self._composed = rs.frame_queue(2)
             self._composer.start(self._composed)
         if not self.recorded:
-            for s, _, _ in targets:
+            for s, _ in targets.values():
                 if cfg.global_time and s.supports(rs.option.global_time_enabled):
                     s.set_option(rs.option.global_time_enabled, 1)
             if cfg.hw_sync is not None:
@@ -147,9 +147,10 @@ class RealSenseSource(Source):
                 if not ds.supports(rs.option.inter_cam_sync_mode):
                     raise SourceError(f"RealSense {cfg.serial} does not support hardware sync (inter_cam_sync_mode)")
                 ds.set_option(rs.option.inter_cam_sync_mode, HW_SYNC_MODES[cfg.hw_sync])
-        for s, p, kind in targets:
-            s.open(p)
-            s.start(lambda f, kind=kind: self._on_frame(f, kind))
+        color = rs.stream.color
+        for s, profiles in targets.values():
+            s.open(profiles if len(profiles) > 1 else profiles[0])
+            s.start(lambda f: self._on_frame(f, "color" if f.profile.stream_type() == color else "depth"))
             self._sensors.append(s)
         if self._playback is not None:
             # resume() can wait on the callbacks, which wait for read(): resume from a helper thread.
@@ -219,7 +220,7 @@ class RealSenseSource(Source):
             if self._playback is not None and self._playback.current_status() == self.rs.playback_status.stopped:
                 # The SDK says stopped once the file is read; give the last callbacks a moment.
                 self._stopped_at = self._stopped_at or time.time()
-                if time.time() - self._stopped_at > 0.25 and self._queue.empty():
+                if time.time() - self._stopped_at > 0.03 and self._queue.empty():
                     raise EndOfStream()
             if time.time() >= deadline:
                 return None

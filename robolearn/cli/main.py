@@ -56,12 +56,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     s = record(cfg, progress)
     if bars:
         bars[0].close()
-    print(
-        f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
-        f"from {s.attempts} attempts, {s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; "
-        f"rollout {s.rollout_seconds:.1f}s, render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)"
-        + (" — interrupted, the episode in progress was dropped" if s.interrupted else "")
-    )
+    timing = (f"{s.steps} control ticks in {s.seconds:.1f}s" if live else
+              f"{s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; rollout {s.rollout_seconds:.1f}s, "
+              f"render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)")
+    print(f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
+          f"from {s.attempts} attempts, {timing}"
+          + (" — interrupted, the episode in progress was dropped" if s.interrupted else ""))
     if live and s.frames:
         print("frames stored: " + ", ".join(f"{k} {n} ({s.dropped_frames.get(k, 0)} dropped)" for k, n in s.frames.items()))
     if s.error:

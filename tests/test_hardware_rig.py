@@ -321,3 +321,16 @@ def test_run_episode_on_the_hardware_rig_keeps_every_frame(twin_dir):
         gaps = sum((b - a - 1) % FRAMES for a, b in zip(ks, ks[1:], strict=False))
         assert gaps <= notes["dropped_frames"][cam]
         np.testing.assert_array_equal(rows[f"{cam}_depth"][-1], pattern(i, ks[-1], 480, 640)[1])
+
+
+def test_hardware_up_reports_every_stream(twin_dir):
+    r = subprocess.run([sys.executable, "-m", "robolearn", "hardware", "up", "--rig", "hardware/sim_twin.yaml",
+                        "--seconds", "2"], cwd=twin_dir, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["rig"] == "sim_twin" and rep["arm_reads"] >= 1
+    for cam in ("front", "wrist"):
+        assert rep["streams"][cam]["frames"] >= 30  # ~60 at 30 fps in 2 s
+    assert "fps" in r.stderr and "arm" in r.stderr

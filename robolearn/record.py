@@ -6,6 +6,12 @@ through the store's episode writer. Nothing here knows what kind of rig it drive
 fast path (roll out without cameras, render kept attempts from saved states) is the sim rig's
 ``deferred_streams`` capability, and parallel attempts its ``supports_parallel_attempts``.
 
+Real-time rigs (rig files): one attempt at a time in this process; a human operator presses START
+for each episode and drives the arm, unrecorded, in between; the loop is paced at the rig's rate;
+a store-writer process (:mod:`robolearn.record_writer`) takes every camera frame straight from the
+cameras' shared memory as it arrives, and the control rows when the episode ends; a device error
+ends the run (``RecordSummary.error``) keeping every committed episode.
+
 Determinism (simulation): attempt k uses reset seed ``seed + k``, and a run appending to an existing
 store continues after the highest seed it already holds, so a run that was killed and restarted
 produces the same episodes as one that never stopped, for any number of worker processes.

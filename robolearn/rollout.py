@@ -10,6 +10,11 @@ execution: it builds the policy's input with the training loader's own conversio
 (``robolearn.data.tensors``) and padding, and serves one rig (:class:`PolicyController` in
 ``run_episode``) or many in one process (:func:`run_batched`, one policy call per chunk boundary for
 every environment that needs a new chunk).
+
+A real-time rig (``rig.realtime``) is paced at its ``control_hz`` on the wall clock; a simulator runs
+as fast as it can. A rig whose streams run on their own clocks gives every new sample through
+``rig.new_samples()`` (all camera frames, not only the one seen at a tick); a recorder that stores
+them itself as they arrive (from the cameras' shared memory) runs the loop with ``collect=False``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from robolearn.errors import UserError
 from robolearn.features import Feature
-from robolearn.rigs.base import Observation, Rig, StepResult, flat
+from robolearn.rigs.base import Observation, Rig, Sample, StepResult, flat
 
 
 class Controller(Protocol):
@@ -71,6 +76,8 @@ class Episode:
     truncated: bool
     stopped: bool  # ended by the stop callback (an operator event, a safety stop)
     info: dict[str, Any] = field(default_factory=dict)
+    # Wall-clock start of every tick (time.monotonic), for the loop's period and jitter.
+    tick_times: np.ndarray | None = None
 
     @property
     def control(self) -> dict[str, np.ndarray]:
@@ -96,17 +103,25 @@ class EpisodeBuilder:
     def steps(self) -> int:
         return len(self.actions)
 
-    def add(self, obs: Observation, action: np.ndarray, intervening: bool) -> None:
-        """Keep this tick's observation (before the action) and the action."""
+    def add(self, obs: Observation, action: np.ndarray, intervening: bool,
+            fresh: Mapping[str, Sequence[Sample]] | None = None) -> None:
+        """Keep this tick's observation (before the action) and the action. ``fresh``: every sample
+        that arrived since the last tick, per stream (rigs with ``new_samples``); without it a stream
+        keeps the tick's sample when it is new (its device time changed)."""
         from robolearn.features import CONTROL_STREAM
 
+        def keep(stream: str, sample: Sample) -> None:
+            if self.keep is None or stream in self.keep:
+                self.rows.setdefault(stream, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
+
         for s, sample in obs.items():
-            if self.keep is not None and s not in self.keep:
-                continue
             # Control rows are one per tick; other streams only when a new sample arrived.
-            if s == CONTROL_STREAM or self.last_t.get(s) != sample.t_device:
-                self.rows.setdefault(s, StreamRows()).add(sample.t_device, sample.t_host, dict(sample.values))
+            if s == CONTROL_STREAM or (fresh is None and self.last_t.get(s) != sample.t_device):
+                keep(s, sample)
                 self.last_t[s] = sample.t_device
+        for s, samples in (fresh or {}).items():
+            for sample in samples:
+                keep(s, sample)
         self.actions.append(action)
         self.interventions.append(bool(intervening))
 
@@ -127,7 +142,8 @@ class EpisodeBuilder:
             return True
         return step + 1 >= self.limit
 
-    def build(self, seed: int | None, stopped: bool = False, info: dict[str, Any] | None = None) -> Episode:
+    def build(self, seed: int | None, stopped: bool = False, info: dict[str, Any] | None = None,
+              tick_times: Sequence[float] | None = None) -> Episode:
         from robolearn.features import CONTROL_STREAM
 
         streams = {s: r.arrays() for s, r in self.rows.items() if r.t_device}
@@ -137,7 +153,8 @@ class EpisodeBuilder:
                        success_at=self.success_at, steps=n,
                        step_success=np.asarray(self.step_success, bool) if len(self.step_success) == n else None,
                        seed=seed, truncated=self.truncated, stopped=stopped,
-                       info=dict(self.result.info) if info is None else info)
+                       info=dict(self.result.info) if info is None else info,
+                       tick_times=None if tick_times is None else np.asarray(tick_times, np.float64))
 
 
 def _limit(rig: Rig, max_steps: int | None) -> int:
@@ -155,25 +172,51 @@ def run_episode(
     hold_steps: int = 0,
     stop: Callable[[int, StepResult], bool] | None = None,
     on_step: Callable[[int, Observation, np.ndarray, StepResult], None] | None = None,
+    realtime: bool | None = None,
+    on_reset: Callable[[Observation], None] | None = None,
+    collect: bool = True,
 ) -> Episode:
     """Run one episode of ``controller`` on ``rig`` (see the module docstring).
 
     ``hold_steps``: ticks kept after the task first succeeds, so demonstrations also show what "done"
     looks like. ``stop(step, result)`` is polled after every tick. A camera sample is kept only when it
-    is new (its device time changed), so streams keep their own rates."""
-    ep = EpisodeBuilder(_limit(rig, max_steps), hold_steps)
+    is new (its device time changed), so streams keep their own rates; rigs with ``new_samples`` give
+    every sample. ``realtime`` (default: ``rig.realtime``) paces ticks at ``rig.control_hz``; a tick that
+    overruns its slot is not made up for with a burst: the next one starts at the next slot.
+    ``on_reset(obs)`` runs right after the rig's reset; ``collect=False`` keeps only the control rows
+    (another process stores the other streams, e.g. straight from the cameras' shared memory)."""
+    from robolearn.features import CONTROL_STREAM
+
+    ep = EpisodeBuilder(_limit(rig, max_steps), hold_steps, None if collect else (CONTROL_STREAM,))
     obs = rig.reset(seed)
+    if on_reset is not None:
+        on_reset(obs)
     controller.reset(getattr(rig, "last_seed", seed))
     stopped = False
+    paced = rig.realtime if realtime is None else realtime
+    period = 1.0 / rig.control_hz if paced else 0.0
+    ticks: list[float] = []
+    t_next = time.monotonic()
     for step in range(ep.limit):
+        if paced:
+            now = time.monotonic()
+            if t_next > now:
+                time.sleep(t_next - now)
+            elif now - t_next > period:  # overran by more than a slot: skip ahead, no burst
+                t_next = now
+            t_next += period
+            if step:  # observe at the start of the slot: the freshest state, not one a period old
+                obs = rig.observe()
+        ticks.append(time.monotonic())
         action, intervening = controller.act(obs)
         action = np.asarray(action, dtype=np.float32)
-        ep.add(obs, action, intervening)
+        ep.add(obs, action, intervening, rig.new_samples() if collect else None)
         result = rig.send_action(action)
         if on_step is not None:
             on_step(step, obs, action, result)
         ended = ep.after(result)
-        obs = rig.observe()
+        if not paced:
+            obs = rig.observe()
         if ended:
             break
         if getattr(controller, "done", False) and ep.success_at is None:
@@ -181,7 +224,7 @@ def run_episode(
         if stop is not None and stop(step, result):
             stopped = True
             break
-    return ep.build(getattr(rig, "last_seed", seed), stopped)
+    return ep.build(getattr(rig, "last_seed", seed), stopped, tick_times=ticks)
 
 
 # ---------------------------------------------------------------- policies as controllers

@@ -35,11 +35,18 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = RecordConfig(
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
-        codec=args.codec, workers=args.workers, task=args.task, perturb=args.perturb,
+        codec=args.codec, workers=args.workers, task=args.task, perturb=args.perturb, status=not args.quiet,
+        rig_overrides=args.set or (),
     )
     bars: list = []
+    live = not cfg.is_sim  # a real rig shows its own status line; one line per episode here
 
     def progress(s):  # noqa: ANN001, ANN202 - created lazily so config errors print no empty bar
+        if live:
+            if not args.quiet:
+                print(f"attempt {s.attempts}: {s.committed} episodes committed ({s.successes} success, "
+                      f"{s.failures_kept} failures kept)", file=sys.stderr)
+            return
         if not bars:
             bars.append(tqdm(total=cfg.episodes, desc=f"record {cfg.rig}", unit="ep", file=sys.stderr,
                              disable=args.quiet))
@@ -50,13 +57,19 @@ def cmd_record(args: argparse.Namespace) -> int:
     s = record(cfg, progress)
     if bars:
         bars[0].close()
-    print(
-        f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
-        f"from {s.attempts} attempts, {s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; "
-        f"rollout {s.rollout_seconds:.1f}s, render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)"
-        + (" — interrupted, the episode in progress was dropped" if s.interrupted else "")
-    )
-    if s.successes < cfg.episodes and not s.interrupted and not cfg.perturb:
+    timing = (f"{s.steps} control ticks in {s.seconds:.1f}s" if live else
+              f"{s.steps} steps in {s.seconds:.1f}s ({s.steps_per_second:.0f} steps/s; rollout {s.rollout_seconds:.1f}s, "
+              f"render {s.render_seconds:.1f}s, write {s.write_seconds:.1f}s)")
+    print(f"{s.out}: committed {s.committed} episodes ({s.successes} success, {s.failures_kept} failures kept) "
+          f"from {s.attempts} attempts, {timing}"
+          + (" — interrupted, the episode in progress was dropped" if s.interrupted else ""))
+    if live and s.frames:
+        print("frames stored: " + ", ".join(f"{k} {n} ({s.dropped_frames.get(k, 0)} dropped)" for k, n in s.frames.items()))
+    if s.error:
+        print(f"robolearn: error: {s.error} (the episode in progress was dropped; committed episodes are kept)",
+              file=sys.stderr)
+        return 1
+    if s.successes < cfg.episodes and not s.interrupted and cfg.is_sim and not cfg.perturb:
         print(f"warning: only {s.successes} of {cfg.episodes} attempts succeeded within the attempt limit", file=sys.stderr)
     return 130 if s.interrupted else 0
 
@@ -359,6 +372,72 @@ def _add_reward_parser(sub: argparse._SubParsersAction) -> None:
     ck.set_defaults(func=cmd_reward_check)
 
 
+def cmd_hardware_list(args: argparse.Namespace) -> int:
+    from robolearn.hardware.listing import format_hardware, list_hardware
+
+    d = list_hardware()
+    print(json.dumps(d, indent=2) if args.json else format_hardware(d))
+    return 0
+
+
+def _add_hardware_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """``robolearn hardware ...``; returns its subparsers so other commands (rig checks, ...) can join."""
+    h = sub.add_parser("hardware", help="connected cameras and devices")
+    hsub = h.add_subparsers(dest="hardware_command", required=True, metavar="SUBCOMMAND")
+    hl = hsub.add_parser("list", help="connected RealSense devices (serial, model, firmware, USB) and video devices")
+    hl.add_argument("--json", action="store_true", help="machine-readable output")
+    hl.set_defaults(func=cmd_hardware_list)
+    return hsub
+
+
+def cmd_hardware_make_playback(args: argparse.Namespace) -> int:
+    from robolearn.rigs.playback import make_playback
+
+    for path in make_playback(args.rig, frames=args.frames, only_missing=args.only_missing):
+        print(path)
+    return 0
+
+
+def cmd_hardware_up(args: argparse.Namespace) -> int:
+    from robolearn.rigs.launch import hardware_up, load_launch
+
+    if bool(args.rig) == bool(args.launch):
+        raise UsageError("give either --rig hardware/<rig>.yaml or --launch launch/<file>.yaml")
+    rig, sets = args.rig, list(args.set or [])
+    if args.launch:
+        launch = load_launch(args.launch)
+        rig, sets = launch.rig, launch.set + sets
+        if launch.record is not None:
+            from robolearn.record import RecordConfig, record
+
+            r = launch.record
+            s = record(RecordConfig(rig=rig, out=r.out, episodes=r.episodes, teleop=r.teleop, task=r.task,
+                                    keep_failures=r.keep_failures, codec=r.codec, seed=r.seed, rig_overrides=sets))
+            print(f"{s.out}: committed {s.committed} episodes ({s.successes} success) from {s.attempts} attempts")
+            if s.error:
+                print(f"robolearn: error: {s.error}", file=sys.stderr)
+                return 1
+            return 130 if s.interrupted else 0
+    rep = hardware_up(rig, sets, seconds=args.seconds)
+    print(json.dumps(rep))
+    return 0
+
+
+def _add_rig_commands(hsub: argparse._SubParsersAction) -> None:
+    """``robolearn hardware make-playback`` and ``up``: rig files and launch files."""
+    mp = hsub.add_parser("make-playback", help="write the RealSense recordings a rig file's playback cameras name")
+    mp.add_argument("--rig", required=True, help="rig file, e.g. hardware/sim_twin.yaml")
+    mp.add_argument("--frames", type=int, default=90, help="frames per recording (default 90: 3 s at 30 fps)")
+    mp.add_argument("--only-missing", action="store_true", help="keep recordings that exist already")
+    mp.set_defaults(func=cmd_hardware_make_playback)
+    up = hsub.add_parser("up", help="bring up a rig (camera processes, arm controller) or a launch file")
+    up.add_argument("--rig", help="rig file: report rates, drops and the arm's state until Ctrl-C")
+    up.add_argument("--launch", help="launch file (launch/*.yaml): a rig, its overrides, optionally a recording")
+    up.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting (repeatable)")
+    up.add_argument("--seconds", type=float, default=None, help="stop after this long (default: at Ctrl-C)")
+    up.set_defaults(func=cmd_hardware_up)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
     p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
@@ -367,8 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", help="record teleoperated (or scripted-expert) demonstrations into a store")
     r.add_argument("--rig", required=True,
-                   help="what to record from: sim:<task> (lift, can, square, stack, or a task YAML)")
-    r.add_argument("--teleop", default="expert", help="who drives: expert (the task's scripted expert, simulation)")
+                   help="what to record from: sim:<task> (lift, can, square, stack, or a task YAML) or a rig "
+                        "file hardware/<rig>.yaml")
+    r.add_argument("--teleop", default=None,
+                   help="who drives: expert (sim:<task> default), spacemouse, keyboard, gamepad, leader (a rig "
+                        "file's default is its teleop.device), replay:<store>")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a rig file's setting for this run (repeatable), e.g. teleop.path=/dev/hidraw3")
     r.add_argument("--task", default=None, help="task text stored with each episode (default: the rig's task)")
     r.add_argument("--episodes", type=int, default=10, help="successful episodes to record (default 10)")
     r.add_argument("--out", required=True, help="store directory (created or appended to)")
@@ -436,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     _add_reward_parser(sub)
+    _add_rig_commands(_add_hardware_parser(sub))
     return p
 
 

@@ -6,7 +6,6 @@ builds a real one from its rig file.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from robolearn.errors import UserError
@@ -21,6 +20,10 @@ def rig_class(spec: str) -> type[Rig]:
         from robolearn.rigs.sim import SimRig
 
         return SimRig
+    if spec.endswith((".yaml", ".yml")):
+        from robolearn.rigs.hardware import HardwareRig
+
+        return HardwareRig
     return Rig
 
 
@@ -28,7 +31,7 @@ def make_rig(spec: str, **options: Any) -> Rig:
     """A rig from ``sim:<task name or task YAML>`` or a rig file ``hardware/<rig>.yaml``.
 
     ``options`` are the simulated rig's settings (``cameras``, ``image_size``, ``depth``,
-    ``defer_cameras``, ``seed``); a rig file carries its own."""
+    ``defer_cameras``, ``seed``); a rig file carries its own, changed by ``overrides=["key=value"]``."""
     if spec.startswith("sim:"):
         from robolearn.rigs.sim import SimRig, SimRigConfig
 
@@ -42,7 +45,14 @@ def make_rig(spec: str, **options: Any) -> Rig:
             options["cameras"] = tuple(options["cameras"])
         return SimRig(SimRigConfig(task=task, **options))
     if spec.endswith((".yaml", ".yml")):
-        if not Path(spec).is_file():
-            raise UserError(f"rig file not found: {spec}")
-        raise UserError(f"{spec}: hardware rig files are not supported by this version yet; use sim:<task>")
+        overrides = list(options.pop("overrides", ()))
+        if options:
+            raise UserError(f"rig files carry their own settings; {sorted(options)} apply to sim:<task> rigs only "
+                            "(change a rig file's setting with overrides, e.g. record --set teleop.path=/dev/hidraw3)")
+        from robolearn.resources import resolve
+
+        resolve("rig", spec)  # a missing file fails here, before the hardware modules load
+        from robolearn.rigs.hardware import HardwareRig, load_rig_config
+
+        return HardwareRig(load_rig_config(spec, overrides), spec)
     raise UserError(f"unknown rig {spec!r}: use sim:<task> (e.g. sim:lift) or a rig file hardware/<rig>.yaml")

@@ -104,6 +104,9 @@ class Rig(ABC):
 
     # Whether independent copies of this rig may run attempts in parallel processes (simulators).
     supports_parallel_attempts: bool = False
+    # A real rig runs on the wall clock: the rollout loop paces its ticks at ``control_hz``. A
+    # simulator advances one tick per action and runs as fast as it can.
+    realtime: bool = False
 
     def spec(self) -> str:
         """A string ``make_rig`` rebuilds this rig from (for worker processes and episode info)."""
@@ -129,6 +132,12 @@ class Rig(ABC):
     @abstractmethod
     def send_action(self, action: np.ndarray) -> StepResult:
         """Apply one control tick's action. A simulator advances one tick; a real rig schedules it."""
+
+    def new_samples(self) -> dict[str, list[Sample]] | None:
+        """Every sample of the non-control streams that arrived since the last call (or ``reset``), for
+        rigs whose streams run faster than the control loop or on their own clocks (cameras); None
+        where ``observe`` already shows every sample (simulators)."""
+        return None
 
     def fill_deferred(self, control: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Values of the deferred streams for an episode's control rows (one per tick)."""

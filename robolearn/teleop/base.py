@@ -31,6 +31,9 @@ class Teleoperator(ABC):
     """``connect`` -> (``reset`` -> ``act`` ... ``events``)* -> ``disconnect``."""
 
     name: str = ""
+    # Whether episodes begin without the operator pressing START: scripted operators start at once,
+    # human devices wait for START between episodes (the recorder drives the rig meanwhile).
+    autostart: bool = True
 
     def connect(self, rig: Rig) -> None:  # noqa: B027 - optional hook
         """Open the device; ``rig`` is the rig it will drive (a sim expert reads its privileged state)."""

@@ -112,7 +112,7 @@ def config_errors_at(where: str, overrides: Sequence[str] = ()) -> Iterator[None
         yield
     except ConfigError as e:
         if not e.where:
-            item = _blamed_override(e.key, overrides)
+            item = _blamed_override(e.blame_key or e.key, overrides)
             if item is not None:
                 okey = item.split("=", 1)[0].strip()
                 e.relocate(where=f"override {item}", key=e.key if e.key != okey else "")
@@ -331,7 +331,9 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         close = difflib.get_close_matches(str(k), names, n=1) or [n for n in names if n.startswith(str(k))][:1]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise ConfigError(f"unknown key {k!r}{hint}{more}; allowed: {', '.join(names)}", key=prefix)
+        err = ConfigError(f"unknown key {k!r}{hint}{more}; allowed: {', '.join(names)}", key=prefix)
+        err.blame_key = join_key(prefix, str(k))  # an override that added it is the one to name
+        raise err
     missing = [f.name for f in fields if f.name not in raw
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -32,6 +32,7 @@ class ConfigError(UserError):
 
     def __init__(self, message: str, *, key: str = "", where: str = "") -> None:
         self.message, self.key, self.where = message, key, where
+        self.blame_key = ""  # the key an override would have to set to be the cause, when not ``key``
         super().__init__(": ".join(p for p in (where, key, message) if p))
 
     def relocate(self, where: str | None = None, key: str | None = None) -> ConfigError:

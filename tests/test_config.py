@@ -111,6 +111,8 @@ def test_overrides_are_applied_and_blamed():
         load_config(Outer, {"name": "x"}, "f.yaml", overrides=["inner.groups=5"])
     with pytest.raises(ConfigError, match=r"^override inner\.dims=\[6\]: \[6\] must be divisible by groups \(4\)$"):
         load_config(Outer, raw, "f.yaml", overrides=["inner.dims=[6]"])
+    with pytest.raises(ConfigError, match=r"^override inner\.dimz=3: inner: unknown key 'dimz' \(did you mean"):
+        load_config(Outer, raw, "f.yaml", overrides=["inner.dimz=3"])
     with pytest.raises(ConfigError, match=r"^override 'steps': not key=value"):
         apply_overrides(raw, ["steps"])
     with pytest.raises(ConfigError, match=r"^override name\.first=a: 'name' is a value, not a section"):

@@ -10,7 +10,7 @@ that both sides run the same policy on the same seeds for the same episodes.
   per chunk boundary for the batch, cameras rendered only at the ticks a policy call reads.
 
     flock /tmp/robolearn-heavy.lock python benchmarks/bench_eval.py              # 2 cores: 2 workers x 4 envs
-    python benchmarks/bench_eval.py --configs 1x1,2x1,2x4,2x8 --episodes 24
+    python benchmarks/bench_eval.py --configs 2x2,2x4,2x8 --episodes 24 policy.unet.down_dims=[128,256,512]
 
 Prints and writes benchmarks/results/bench_eval.json as each measurement finishes.
 """
@@ -31,9 +31,11 @@ from common import RESULTS, ensure_store, machine, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMERAS = ["agentview", "robot0_eye_in_hand"]
+# The U-Net bench_policies.py trains on a CPU (the README's image-policy figure); the recipe's own is 4x larger.
+CPU_OVERRIDES = ["policy.unet.down_dims=[64,128,256]"]
 
 
-def ensure_policy(store: Path, run: Path, steps: int) -> Path:
+def ensure_policy(store: Path, run: Path, steps: int, overrides: list[str]) -> Path:
     from robolearn.policies.train import load_recipe, train
 
     if (run / "checkpoints" / "last" / "config.json").is_file():
@@ -45,7 +47,7 @@ def ensure_policy(store: Path, run: Path, steps: int) -> Path:
     recipe = load_recipe(ROOT / "policies" / "flow_image.yaml",
                          [f"train.steps={steps}", "train.batch_size=16", "train.warmup_steps=20",
                           f"train.val_every={steps}", f"train.ckpt_every={steps}", "train.num_workers=0",
-                          "data.val_ratio=0"])
+                          "data.val_ratio=0", *overrides])
     print(f"training flow_image for {steps} steps into {run} ...", flush=True)
     train(recipe, store, run, progress=False)
     return run
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--cores", type=int, default=2, help="thread budget of both sides")
     ap.add_argument("--configs", default="2x4", help="runner settings, workers x total envs, comma-separated")
+    ap.add_argument("overrides", nargs="*", default=None, metavar="key=value",
+                    help=f"recipe overrides (default {' '.join(CPU_OVERRIDES)}: the U-Net of the README's image figure)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_eval.json)")
     args = ap.parse_args()
 
@@ -107,10 +111,13 @@ def main() -> None:
 
     work = Path(args.work)
     store = ensure_store(work / "lift_img.zarr", args.demos, CAMERAS, 84)
-    run = ensure_policy(store, work / f"flow_image_{args.train_steps}", args.train_steps)
+    overrides = args.overrides or CPU_OVERRIDES
+    tag = "_".join(o.split("=", 1)[1] for o in overrides).translate(str.maketrans("", "", "[], "))
+    run = ensure_policy(store, work / f"flow_image_{args.train_steps}_{tag}", args.train_steps, overrides)
     ckpt = run / "checkpoints" / "last"
     seeds = eval_seeds(args.episodes)
     res: dict[str, Any] = {"machine": machine(), "cores": args.cores, "episodes": args.episodes,
+                           "train_steps": args.train_steps, "overrides": overrides,
                            "seeds": [seeds[0], seeds[-1]], "checkpoint": str(ckpt), "runner": {}}
 
     def save() -> None:

@@ -116,7 +116,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         if run.is_dir() and not resume:
             shutil.rmtree(run)  # died before its first checkpoint: nothing to resume, and train() wants it empty
         trained = train(recipe, args.store, run, resume=resume, progress=False)
-    ev = evaluate(run, task, episodes=args.episodes, n_envs=args.eval_envs, videos=0)
+    ev = evaluate(run, task, episodes=args.episodes, workers=args.eval_envs, videos=0)  # 4 envs per worker
     kind = "image" if cameras_of(recipe_path) else "lowdim"
     target = TARGETS.get((task, kind))
     cell = {

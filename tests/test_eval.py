@@ -51,7 +51,7 @@ def test_suite_through_the_cli_with_inference_steps(ckpt, tmp_path):
     assert len(r["videos"]) == 1 and Path(r["videos"][0]).stat().st_size > 1000
     assert "| lift |" in (out / "summary.md").read_text() and "episodes/min" in res.stdout
     suite_file.write_text("tasks: [lift]\npolicies: [x]\nworkerz: 2\n")
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['workerz'\]"):
+    with pytest.raises(ValueError, match=r"unknown key 'workerz' \(did you mean 'workers'\?\)"):
         load_suite(suite_file)
 
 

@@ -356,9 +356,8 @@ def evaluate(
     dev = resolve_device(device)
     check_policy_fits_task(ckpt, task)
     cores = default_workers()
-    workers = min(workers or cores, episodes)
+    workers = min(workers or cores, episodes, n_envs or episodes)
     n_envs = max(workers, min(n_envs or ENVS_PER_WORKER * workers, episodes))
-    workers = min(workers, n_envs)
     per_worker = [n_envs // workers + (w < n_envs % workers) for w in range(workers)]
     threads = max(1, cores // workers)
     video_dir = None

@@ -48,13 +48,13 @@ def _kind(info: Any) -> str:
     return p["kind"] if p else "expert"
 
 
-def record_task(task: str, work: Path) -> Path:
-    """The task's store, recorded or completed to PLAN (resumes after an interruption)."""
+def record_task(task: str, work: Path, plan: dict[str, int] | None = None) -> Path:
+    """The task's store, recorded or completed to ``plan`` (resumes after an interruption)."""
     from robolearn.data.store import DemoStore
     from robolearn.record import RecordConfig, record
 
     path = work / "data" / f"{task}.zarr"
-    for kind, want in PLAN.items():
+    for kind, want in (plan or PLAN).items():
         have = 0
         if path.exists():
             eps = DemoStore.open(path).episodes()
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default="lift,can,square")
     ap.add_argument("--work", default=str(WORK))
     ap.add_argument("--steps", type=int, default=1200, help="progress-network training steps")
+    ap.add_argument("--plan", default=None, help="episodes per kind, e.g. expert=16,stall=8,early_release=8,noise=2")
     ap.add_argument("--clip", default=None, help="local CLIP/SigLIP directory (default: a tiny random one)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--report", action="store_true", help="print the finished figures as a table and exit")
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stores: dict[str, Path] = {}
     for task in tasks:  # one task through every stage before the next, so figures land early
-        stores[task] = record_task(task, work) if "data" in stages else work / "data" / f"{task}.zarr"
+        plan = {k: int(v) for k, v in (p.split("=") for p in args.plan.split(","))} if args.plan else None
+        stores[task] = record_task(task, work, plan) if "data" in stages else work / "data" / f"{task}.zarr"
         if not stores[task].exists():
             continue
         store = DemoStore.open(stores[task])

@@ -326,6 +326,32 @@ def _add_reward_parser(sub: argparse._SubParsersAction) -> None:
     ck.set_defaults(func=cmd_reward_check)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from robolearn.rl import finetune
+
+    res = finetune(args.policy, args.rig, args.out, args.steps, reward=args.reward, recipe=args.recipe,
+                   overrides=args.overrides, progress=not args.quiet)
+    curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
+    print(f"{args.out}: {res['env_steps']} env steps, success {res['base_success']:.2f} (base) -> {res['success']:.2f} "
+          f"(base + residual) on {res['curve'][-1]['episodes']} fixed seeds; curve {curve}; "
+          f"{res['env_steps_per_s']:.0f} env steps/s")
+    return 0
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("finetune", help="residual RL on a frozen base policy (resumable)")
+    f.add_argument("--policy", required=True, help="the base: a training run or checkpoint")
+    f.add_argument("--rig", required=True, help="sim:TASK")
+    f.add_argument("--steps", type=int, required=True, help="env steps in all (a resumed run continues to this)")
+    f.add_argument("--out", required=True, help="run directory; an existing one is resumed")
+    f.add_argument("--reward", default=None, help="dense progress reward (a `reward fit` dir, gvl:URL, clip:PATH); "
+                                                  "default: sparse success")
+    f.add_argument("--recipe", default="residual_td3", help="recipe name or path (policies/residual_td3.yaml)")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. algo=sac utd=2")
+    f.set_defaults(func=cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
     p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
@@ -402,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     _add_reward_parser(sub)
+    _add_finetune_parser(sub)
     return p
 
 

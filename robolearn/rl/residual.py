@@ -45,27 +45,32 @@ def lowdim_keys(policy: Any) -> list[str]:
     return keys
 
 
+def _dev(policy: Any) -> torch.device:
+    return policy.normalizer.is_set.device
+
+
 def obs_features(policy: Any, keys: list[str], values: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]]) -> Tensor:
     """(B, D) normalised low-dim features of this step, for one observation dict or a list of them."""
     rows = [values] if isinstance(values, Mapping) else list(values)
     out = []
     for k in keys:
-        x = torch.as_tensor(np.stack([np.asarray(r[k], np.float32).reshape(-1) for r in rows]))
+        x = torch.as_tensor(np.stack([np.asarray(r[k], np.float32).reshape(-1) for r in rows])).to(_dev(policy))
         out.append(policy.normalizer.normalize(k, x.reshape(len(rows), *policy.shape_meta.obs[k].tensor_shape))
                    .reshape(len(rows), -1))
-    return torch.cat(out, 1).float()
+    return torch.cat(out, 1).float().cpu()
 
 
 def normalize_action(policy: Any, action: np.ndarray | Tensor) -> Tensor:
-    return policy.normalizer.normalize(policy.action_key, torch.as_tensor(np.asarray(action, np.float32))).float()
+    x = torch.as_tensor(np.asarray(action, np.float32)).to(_dev(policy))
+    return policy.normalizer.normalize(policy.action_key, x).float().cpu()
 
 
 def apply_residual(policy: Any, base: np.ndarray, residual: Tensor) -> np.ndarray:
     """``base`` (raw) plus a normalised-space ``residual`` mapped to raw units (the normaliser's linear
     part), so that a zero residual returns ``base`` bit for bit."""
-    k = policy.action_key
+    k, residual = policy.action_key, residual.to(_dev(policy))
     delta = policy.normalizer.unnormalize(k, residual) - policy.normalizer.unnormalize(k, torch.zeros_like(residual))
-    return (np.asarray(base, np.float32) + delta.numpy()).astype(np.float32)
+    return (np.asarray(base, np.float32) + delta.cpu().numpy()).astype(np.float32)
 
 
 # ---------------------------------------------------------------- networks

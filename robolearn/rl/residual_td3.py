@@ -195,7 +195,7 @@ class ResidualLearner:
         self.opt_c.zero_grad(set_to_none=True)
         loss_c.backward()
         self.opt_c.step()
-        logs = {"q": float(q.mean()), "critic_loss": float(loss_c)}
+        logs = {"q": float(q.detach().mean()), "critic_loss": float(loss_c.detach())}
         if train_actor:  # after the critic-only warm-up, every policy_delay updates
             if self.sac:
                 res, logp = self.actor.sample(o, b)
@@ -211,7 +211,7 @@ class ResidualLearner:
                 loss_alpha.backward()
                 self.opt_alpha.step()
             soft_update(self.actor_t, self.actor, cfg.tau)
-            logs["actor_loss"] = float(loss_a)
+            logs["actor_loss"] = float(loss_a.detach())
         soft_update(self.critic_t, critic, cfg.tau)
         return logs
 
@@ -340,8 +340,14 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
         prev = yaml.safe_load((out / "recipe.yaml").read_text())
         if prev["base_sha256"] != run_info["base_sha256"] or prev["rig"] != rig:
             raise UserError(f"{out} fine-tunes another base or rig; choose a new --out")
-        if prev["recipe"] != json.loads(json.dumps(run_info["recipe"])):
-            raise UserError(f"{out} was started with another recipe; choose a new --out or use the same settings")
+        # How many processes step the envs changes nothing learnt: a resumed run may use another count.
+        mine = json.loads(json.dumps(run_info["recipe"]))
+        for r in (prev["recipe"], mine):
+            r["env"].pop("workers", None)
+        if prev["recipe"] != mine:
+            diff = sorted(k for k in mine if mine[k] != prev["recipe"].get(k))
+            raise UserError(f"{out} was started with another recipe (differs in {', '.join(diff)}); "
+                            "choose a new --out or use the same settings")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty and holds no fine-tuning state; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)

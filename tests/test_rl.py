@@ -220,37 +220,37 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     from robolearn.rl import finetune
 
     store = tmp_path / "lift.zarr"
-    record(RecordConfig(rig="sim:lift", out=str(store), episodes=2, seed=0))
+    record(RecordConfig(rig="sim:lift", out=str(store), episodes=2, seed=0, workers=1))
     recipe = load_recipe("meanflow_lowdim", ["policy.unet.down_dims=[16,32]", "train.steps=20", "train.batch_size=32",
                                              "train.warmup_steps=0", "data.val_ratio=0.0", "train.num_workers=0"])
     train(recipe, store, tmp_path / "base", progress=False)
-    small = ["env.n_envs=2", "env.workers=1", "env.max_steps=40", "eval.episodes=2", "eval.every=80",
-             "learning_starts=40", "critic_warmup=60", "batch_size=32", "actor.hidden=32", "critic.hidden=32",
-             "ckpt_every=40", "log_every=20"]
+    small = ["env.n_envs=2", "env.workers=1", "env.max_steps=20", "eval.episodes=2", "eval.every=40",
+             "learning_starts=20", "critic_warmup=30", "batch_size=16", "actor.hidden=32", "critic.hidden=32",
+             "ckpt_every=20", "log_every=10"]
     rows = []
-    out = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=120, overrides=small, progress=False,
+    out = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=60, overrides=small, progress=False,
                    on_eval=rows.append)
-    assert out["env_steps"] == 120 and out["updates"] > 0 and out["demo_transitions"] > 0
-    assert [r["env_steps"] for r in rows] == [0, 80, 120]
+    assert out["env_steps"] == 60 and out["updates"] > 0 and out["demo_transitions"] > 0
+    assert [r["env_steps"] for r in rows] == [0, 40, 60]
     assert rows[0]["success"] == rows[0]["base_success"]
     assert (tmp_path / "rl" / "checkpoints" / "last" / "residual.json").is_file()
     assert list((tmp_path / "rl" / "tb").iterdir())
     state = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
-    assert state["progress"]["env_steps"] == 120
+    assert state["progress"]["env_steps"] == 60
 
     # Resume: continues from the saved step with the replay buffer and optimiser state.
     replay_before = np.load(tmp_path / "rl" / "replay.npz")["size"]
-    out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=160, overrides=[*small, "env.workers=0"],
+    out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=80, overrides=[*small, "env.workers=0"],
                     progress=False)
-    assert out2["env_steps"] == 160 and out2["updates"] > out["updates"]
+    assert out2["env_steps"] == 80 and out2["updates"] > out["updates"]
     assert np.load(tmp_path / "rl" / "replay.npz")["size"] > replay_before
     with pytest.raises(UserError, match="another recipe"):
-        finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=200, overrides=[*small, "actor.scale=0.2"],
+        finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=100, overrides=[*small, "actor.scale=0.2"],
                  progress=False)
 
     # `robolearn eval` runs the fine-tuned run like any other policy.
     r = subprocess.run([sys.executable, "-m", "robolearn", "eval", "--policy", str(tmp_path / "rl"), "--task", "lift",
-                        "--episodes", "2", "--workers", "1", "--max-steps", "30", "--videos", "0",
+                        "--episodes", "2", "--workers", "1", "--max-steps", "20", "--videos", "0",
                         "--out", str(tmp_path / "ev")], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())

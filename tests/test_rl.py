@@ -158,11 +158,13 @@ def test_critic_learns_the_value_of_a_chain():
     assert np.abs(q - want).max() < 0.05, (q, want)
 
 
-def test_residual_corrects_a_biased_base_on_a_toy_task():
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_residual_corrects_a_biased_base_on_a_toy_task(algo):
     """A point must reach |x| < 0.05; the base jumps to an offset point (bias 0.08 per axis) and stays
     there, so it never succeeds. The residual (bound 0.1) learns to cancel the bias."""
     cfg = _recipe("n_step=3", "gamma=0.95", "batch_size=128", "learning_starts=200", "critic_warmup=500",
-                  "actor.hidden=64", "critic.hidden=64", "actor.scale=0.1", "explore_noise=0.5", "demos.ratio=0")
+                  "actor.hidden=64", "critic.hidden=64", "actor.scale=0.1", "explore_noise=0.5", "demos.ratio=0",
+                  f"algo={algo}", "sac.init_alpha=0.01")
     learner = ResidualLearner(cfg, 2, 2)
     rng = np.random.default_rng(0)
     bias = np.array([0.08, -0.08], np.float32)

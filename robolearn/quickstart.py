@@ -131,7 +131,7 @@ def _rl_overrides(rl_steps: int, eval_episodes: int, extra: list[str] | None) ->
     # Evaluate about five times along the way, on the same seeds as the base's evaluation.
     every = max(1000, rl_steps // 5)
     return [f"eval.episodes={eval_episodes}", f"eval.every={every}", "learning_starts=500", "critic_warmup=2000",
-            "ckpt_every=2000", "reward.force=true", *(extra or [])]
+            "ckpt_every=2000", "reward.force=true", f"reward.image_size={REWARD_SIZE}", *(extra or [])]
 
 
 def _reward_and_rl(out: Path, task: str, store: Path, seed: int, eval_episodes: int, rl_steps: int, failures: int,

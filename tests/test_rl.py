@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,12 +241,27 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     state = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
     assert state["progress"]["env_steps"] == 60
 
-    # Resume: continues from the saved step with the replay buffer and optimiser state.
-    replay_before = np.load(tmp_path / "rl" / "replay.npz")["size"]
-    out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=80, overrides=[*small, "env.workers=0"],
-                    progress=False)
-    assert out2["env_steps"] == 80 and out2["updates"] > out["updates"]
-    assert np.load(tmp_path / "rl" / "replay.npz")["size"] > replay_before
+    # Killed mid-run (SIGKILL), the same command resumes from the last saved state: networks, optimisers
+    # and replay buffer, in another number of env processes.
+    cmd = [sys.executable, "-m", "robolearn", "finetune", "--policy", str(tmp_path / "base"), "--rig", "sim:lift",
+           "--steps", "100000", "--out", str(tmp_path / "rl"), "--quiet", *small, "env.workers=0"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    saved = state
+    try:
+        deadline = time.monotonic() + 240
+        while saved["progress"]["env_steps"] < 100 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            saved = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert saved["progress"]["env_steps"] >= 100, proc.stderr.read().decode()[-2000:]
+    saved = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
+    at = saved["progress"]["env_steps"]
+    replay_at = int(np.load(tmp_path / "rl" / "replay.npz")["size"])
+    out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=at + 20, overrides=small, progress=False)
+    assert out2["env_steps"] == at + 20 and out2["updates"] > saved["progress"]["updates"]
+    assert int(np.load(tmp_path / "rl" / "replay.npz")["size"]) > replay_at
     with pytest.raises(UserError, match="another recipe"):
         finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=100, overrides=[*small, "actor.scale=0.2"],
                  progress=False)

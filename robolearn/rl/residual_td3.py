@@ -348,8 +348,11 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             diff = sorted(k for k in mine if mine[k] != prev["recipe"].get(k))
             raise UserError(f"{out} was started with another recipe (differs in {', '.join(diff)}); "
                             "choose a new --out or use the same settings")
-    elif out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty and holds no fine-tuning state; choose a new --out")
+    elif out.exists():
+        # A run that failed before its first save left only these: start it afresh.
+        if any(p.name not in ("recipe.yaml", "tb", "curve.jsonl") for p in out.iterdir()):
+            raise UserError(f"{out} is not empty and holds no fine-tuning state; choose a new --out")
+        (out / "curve.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_info)), sort_keys=False))
 

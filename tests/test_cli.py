@@ -84,7 +84,7 @@ def _frame_offset(shard, row: int) -> int:
 
 def test_quickstart_runs_the_pipeline(tmp_path):
     out = tmp_path / "qs"
-    rl = [f"--rl-set={kv}" for kv in ("env.max_steps=20", "env.n_envs=2", "env.workers=1", "learning_starts=20",
+    rl = [f"--rl-set={kv}" for kv in ("env.max_steps=20", "env.n_envs=2", "env.workers=0", "learning_starts=20",
                                       "critic_warmup=20", "batch_size=16", "actor.hidden=16", "critic.hidden=16")]
     res = run("quickstart", "--out", str(out), "--episodes", "3", "--train-steps", "4", "--eval-episodes", "2",
               "--rl-steps", "40", "--failures", "2", "--reward-steps", "5", *rl,

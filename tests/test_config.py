@@ -153,7 +153,7 @@ def test_recipe_policy_section_is_checked_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"^override policy\.unet\.down_dims=5: expected a list of integers, got 5$"):
         load_recipe("policies/quickstart.yaml", ["policy.unet.down_dims=5"])
     with pytest.raises(ConfigError, match=r"^override policy\.sampler=ddpn: expected one of 'ddpm', 'ddim'"):
-        load_recipe("quickstart", ["policy.sampler=ddpn"])
+        load_recipe("diffusion_lowdim", ["policy.sampler=ddpn"])
     with pytest.raises(ConfigError, match=r"^override policy\.horizon=8: is taken from data\.horizon \(16\)"):
         load_recipe("quickstart", ["policy.horizon=8"])
     bad = tmp_path / "bad.yaml"

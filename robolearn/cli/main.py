@@ -181,7 +181,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from robolearn.quickstart import quickstart
 
     quickstart(args.out, episodes=args.episodes, seed=args.seed, train_steps=args.train_steps,
-               eval_episodes=args.eval_episodes, overrides=args.overrides)
+               eval_episodes=args.eval_episodes, overrides=args.overrides, rl_steps=args.rl_steps,
+               failures=args.failures, reward_steps=args.reward_steps, rl_overrides=args.rl_set)
     return 0
 
 
@@ -438,6 +439,32 @@ def _add_rig_commands(hsub: argparse._SubParsersAction) -> None:
     up.set_defaults(func=cmd_hardware_up)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from robolearn.rl import finetune
+
+    res = finetune(args.policy, args.rig, args.out, args.steps, reward=args.reward, recipe=args.recipe,
+                   overrides=args.overrides, progress=not args.quiet)
+    curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
+    print(f"{args.out}: {res['env_steps']} env steps, success {res['base_success']:.2f} (base) -> {res['success']:.2f} "
+          f"(base + residual) on {res['curve'][-1]['episodes']} fixed seeds; curve {curve}; "
+          f"{res['env_steps_per_s']:.0f} env steps/s")
+    return 0
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("finetune", help="residual RL on a frozen base policy (resumable)")
+    f.add_argument("--policy", required=True, help="the base: a training run or checkpoint")
+    f.add_argument("--rig", required=True, help="sim:TASK")
+    f.add_argument("--steps", type=int, required=True, help="env steps in all (a resumed run continues to this)")
+    f.add_argument("--out", required=True, help="run directory; an existing one is resumed")
+    f.add_argument("--reward", default=None, help="dense progress reward (a `reward fit` dir, gvl:URL, clip:PATH); "
+                                                  "default: sparse success")
+    f.add_argument("--recipe", default="residual_td3", help="recipe name or path (policies/residual_td3.yaml)")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. algo=sac utd=2")
+    f.set_defaults(func=cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robolearn", description="Robot learning: record, train, evaluate, deploy.")
     p.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
@@ -513,14 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="run the simulated pipeline end to end on the CPU")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--episodes", type=int, default=100, help="expert demonstrations to record (default 100)")
+    q.add_argument("--episodes", type=int, default=20, help="expert demonstrations to record (default 20)")
     q.add_argument("--train-steps", type=int, default=None, help="override the recipe's training steps")
     q.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes (default 50)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--rl-steps", type=int, default=12000, help="residual RL env steps (0: stop after the base)")
+    q.add_argument("--failures", type=int, default=10, help="perturbed attempts recorded for the reward model")
+    q.add_argument("--reward-steps", type=int, default=1500, help="progress-network training steps")
+    q.add_argument("--rl-set", action="append", default=[], metavar="key=value",
+                   help="override of policies/residual_td3.yaml (repeatable)")
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     _add_reward_parser(sub)
     _add_rig_commands(_add_hardware_parser(sub))
+    _add_finetune_parser(sub)
     return p
 
 

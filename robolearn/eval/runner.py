@@ -17,6 +17,7 @@ the episode's saved states.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -59,13 +60,17 @@ def eval_seeds(episodes: int, base: int = EVAL_SEED_BASE) -> list[int]:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or a training run directory (its newest checkpoint)."""
     p = Path(path)
-    if (p / "config.json").is_file():
+
+    def is_ckpt(d: Path) -> bool:  # a policy, or a residual fine-tuned on one (robolearn.rl)
+        return (d / "config.json").is_file() or (d / "residual.json").is_file()
+
+    if is_ckpt(p):
         return p
     ckpts = p / "checkpoints"
     if ckpts.is_dir():
-        if (ckpts / "last" / "config.json").is_file():
+        if is_ckpt(ckpts / "last"):
             return ckpts / "last"
-        steps = sorted((c for c in ckpts.iterdir() if (c / "config.json").is_file()), key=lambda c: c.name)
+        steps = sorted((c for c in ckpts.iterdir() if is_ckpt(c)), key=lambda c: c.name)
         if steps:
             return steps[-1]
     raise MissingFileError(f"no checkpoint at {p}: expected a checkpoint directory or a run with checkpoints/")
@@ -106,6 +111,8 @@ def check_policy_fits_task(checkpoint: str | os.PathLike, task: str) -> None:
     from robolearn.policies.shapes import ShapeMeta
     from robolearn.sim.env import lowdim_shapes
 
+    if (Path(checkpoint) / "residual.json").is_file():  # a fine-tuned residual reads its base's inputs
+        checkpoint = json.loads((Path(checkpoint) / "residual.json").read_text())["base"]
     obs = ShapeMeta.from_json(read_checkpoint_meta(checkpoint)["shape_meta"]).obs
     want = {k: f.shape for k, f in obs.items() if f.kind == "lowdim"}
     have = lowdim_shapes(task)
@@ -177,16 +184,26 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any
 
         torch.set_num_threads(spec.threads)
         overrides = {"num_inference_steps": spec.inference_steps} if spec.inference_steps else None
-        policy = load_policy(spec.checkpoint, device=spec.device, overrides=overrides)
+        residual = None
+        if (Path(spec.checkpoint) / "residual.json").is_file():  # base + residual (robolearn.rl), as one agent
+            from robolearn.rl.residual import ResidualAgent, load_residual
+
+            residual = load_residual(spec.checkpoint, overrides=overrides)
+            policy = residual.base.to(spec.device)
+        else:
+            policy = load_policy(spec.checkpoint, device=spec.device, overrides=overrides)
         cams, size, depth = policy_cameras(policy.shape_meta.obs)
         for _ in range(spec.n_envs):
             rigs.append(make_rig(f"sim:{spec.task}", cameras=cams, image_size=size, depth=depth,
                                  defer_cameras=True))
         if spec.video_dir:
             video_rig = make_rig(f"sim:{spec.task}", cameras=[VIDEO_CAMERA], image_size=VIDEO_SIZE)
-        agent = PolicyAgent(policy, policy_features(policy, rigs[0]), spec.n_envs)
+        if residual is not None:
+            agent = ResidualAgent(residual, policy_features(policy, rigs[0]), spec.n_envs)
+        else:
+            agent = PolicyAgent(policy, policy_features(policy, rigs[0]), spec.n_envs)
         msg_q.put(("ready", wid, {"inference_steps": getattr(policy.config, "num_inference_steps", None),
-                                  "policy_type": policy.policy_type}))
+                                  "policy_type": (residual or policy).policy_type}))
         video_seeds: set[int] = set()
 
         def seeds() -> Iterator[int]:

@@ -1,0 +1,168 @@
+"""Simulated rigs for RL: ``n_envs`` environments spread over worker processes, stepped in lockstep.
+
+The policy side (base, residual, critics) stays in the main process and batches all environments;
+a worker only steps its rigs. ``workers=0`` keeps the rigs in this process (tests, tiny runs).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from robolearn.errors import UserError
+
+Obs = dict[str, np.ndarray]
+
+
+class _Rigs:
+    """A few rigs in one process: reset by seed, step, flat low-dim observations (+ one camera)."""
+
+    def __init__(self, task: str, n: int, camera: str | None, image_size: int, max_steps: int | None) -> None:
+        from robolearn.rigs import make_rig
+
+        cams = [camera] if camera else []
+        self.rigs = [make_rig(f"sim:{task}", cameras=cams, image_size=image_size) for _ in range(n)]
+        self.limit = max_steps or self.rigs[0].max_steps
+        self.steps = [0] * n
+
+    def _obs(self, j: int) -> Obs:
+        from robolearn.rigs.base import flat
+
+        return {k: np.asarray(v) for k, v in flat(self.rigs[j].observe()).items() if k != "sim_state"}
+
+    def reset(self, seeds: list[tuple[int, int]]) -> dict[int, Obs]:
+        out = {}
+        for j, seed in seeds:
+            self.rigs[j].reset(seed)
+            self.steps[j] = 0
+            out[j] = self._obs(j)
+        return out
+
+    def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, tuple[Obs, bool, bool]]:
+        out = {}
+        for j, a in actions.items():
+            r = self.rigs[j].send_action(np.asarray(a, np.float32))
+            self.steps[j] += 1
+            out[j] = (self._obs(j), bool(r.success), bool(r.truncated or self.steps[j] >= self.limit))
+        return out
+
+    def close(self) -> None:
+        for r in self.rigs:
+            r.close()
+
+
+def _worker(conn: Any, args: tuple) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    rigs = None
+    try:
+        rigs = _Rigs(*args)
+        conn.send(("ok", None))
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            conn.send(("ok", getattr(rigs, cmd)(payload)))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except BaseException as e:  # noqa: BLE001 - the parent reports it
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        if rigs is not None:
+            rigs.close()
+
+
+class EnvPool:
+    """``n_envs`` simulated rigs of ``task`` over ``workers`` processes; indices 0..n_envs-1."""
+
+    def __init__(self, task: str, n_envs: int, workers: int = 0, camera: str | None = None,
+                 image_size: int = 84, max_steps: int | None = None) -> None:
+        from robolearn.sim.tasks import load_task
+
+        self.task = load_task(task)
+        if n_envs < 1:
+            raise UserError(f"env.n_envs must be >= 1, got {n_envs}")
+        self.n_envs = n_envs
+        self.max_steps = max_steps or self.task.horizon
+        self.workers = min(workers, n_envs)
+        if self.workers == 0:
+            self.local: _Rigs | None = _Rigs(task, n_envs, camera, image_size, max_steps)
+            self.owner = [(0, j) for j in range(n_envs)]
+            return
+        self.local = None
+        per = [n_envs // self.workers + (w < n_envs % self.workers) for w in range(self.workers)]
+        self.owner = [(w, j) for w in range(self.workers) for j in range(per[w])]
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for w in range(self.workers):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(b, (task, per[w], camera, image_size, max_steps)), daemon=True,
+                            name=f"robolearn-rl-env-{w}")
+            p.start()
+            self.conns.append(a)
+            self.procs.append(p)
+        for w in range(self.workers):
+            self._recv(w)
+
+    def _recv(self, w: int) -> Any:
+        if not self.conns[w].poll(600):
+            raise RuntimeError(f"RL env worker {w} made no progress for 600 s")
+        try:
+            kind, payload = self.conns[w].recv()
+        except EOFError:
+            raise RuntimeError(f"RL env worker {w} (pid {self.procs[w].pid}) died "
+                               f"(exit code {self.procs[w].exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"RL env worker {w} failed: {payload}")
+        return payload
+
+    def _call(self, cmd: str, per_env: Mapping[int, Any]) -> dict[int, Any]:
+        by_worker: dict[int, dict[int, Any]] = {}
+        for i, v in per_env.items():
+            w, j = self.owner[i]
+            by_worker.setdefault(w, {})[j] = v
+        back = {(w, j): i for i, (w, j) in enumerate(self.owner)}
+        out: dict[int, Any] = {}
+        if self.local is not None:
+            arg = by_worker.get(0, {})
+            res = getattr(self.local, cmd)(list(arg.items()) if cmd == "reset" else arg)
+            return {back[(0, j)]: v for j, v in res.items()}
+        for w, arg in by_worker.items():
+            self.conns[w].send((cmd, list(arg.items()) if cmd == "reset" else arg))
+        for w in by_worker:
+            for j, v in self._recv(w).items():
+                out[back[(w, j)]] = v
+        return out
+
+    def reset(self, seeds: Mapping[int, int]) -> dict[int, Obs]:
+        return self._call("reset", seeds)
+
+    def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, tuple[Obs, bool, bool]]:
+        """Per env: (observation after the action, success, episode over by the step limit)."""
+        return self._call("step", actions)
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            return
+        for c in self.conns:
+            try:
+                c.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

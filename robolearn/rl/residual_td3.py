@@ -1,0 +1,565 @@
+"""Residual off-policy RL on a frozen base policy (TD3 by default, SAC with ``algo: sac``).
+
+One file, top to bottom: the recipe, then ``finetune`` — set-up, the collection loop, the update,
+evaluation, checkpoints. After ResFiT ("Residual Off-Policy RL for Finetuning Behavior Cloning
+Policies") and Policy Decorator: the diffusion/flow base proposes action chunks through the same
+:class:`~robolearn.rollout.PolicyAgent` as evaluation (reset with every episode); a small actor adds
+a bounded per-step correction (``robolearn.rl.residual``); a critic ensemble with LayerNorm learns
+n-step returns (min over a random pair), trained critic-only for a warm-up, at a configurable
+update-to-data ratio, on batches half demonstrations, half online data (RLPD).
+
+    robolearn finetune --policy runs/can --rig sim:can --steps 200000 --out runs/can_rl [key=value ...]
+
+Run directory: ``recipe.yaml``, ``checkpoints/last/`` (residual + a hash-checked reference to its
+base; ``robolearn eval --policy RUN`` runs it), ``state.pt`` + ``replay.npz`` (everything needed to
+resume after a kill), ``curve.jsonl`` (evaluations), ``tb/`` (TensorBoard), ``result.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from robolearn.errors import ConfigError, UserError
+
+TRAIN_SEED_BASE = 2_000_000  # training episodes: away from recording (0, 1, ...) and eval (1,000,000...) seeds
+ALGOS = ("td3", "sac")
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class ActorSection:
+    hidden: int = field(default=256, metadata={"min": 1})
+    layers: int = field(default=2, metadata={"min": 1})
+    scale: float = field(default=0.1, metadata={"gt": 0.0})  # bound of the correction, normalised units
+    lr: float = field(default=3e-4, metadata={"gt": 0.0})
+
+
+@dataclass
+class CriticSection:
+    n: int = field(default=2, metadata={"min": 2})  # ensemble members; targets take the min of a random pair
+    hidden: int = field(default=256, metadata={"min": 1})
+    layers: int = field(default=2, metadata={"min": 1})
+    lr: float = field(default=3e-4, metadata={"gt": 0.0})
+
+
+@dataclass
+class DemoSection:
+    store: str = "auto"  # auto: the store the base was trained on; "": no demonstrations
+    ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # share of every batch
+    episodes: int | None = field(default=None, metadata={"min": 1})
+
+
+@dataclass
+class EnvSection:
+    n_envs: int = field(default=4, metadata={"min": 1})
+    workers: int = field(default=2, metadata={"min": 0})  # processes stepping the envs; 0: in this process
+    max_steps: int | None = field(default=None, metadata={"min": 1})  # None: the task's horizon
+
+
+@dataclass
+class EvalSection:
+    every: int = field(default=10000, metadata={"min": 1})  # env steps between evaluations
+    episodes: int = field(default=50, metadata={"min": 1})  # fixed seeds 1,000,000 onwards, as `robolearn eval`
+
+
+@dataclass
+class RewardSection:
+    spec: str = ""  # "": sparse success only; else a progress model (`reward fit` dir, gvl:URL, clip:PATH)
+    image_size: int = field(default=84, metadata={"min": 8})  # the reward camera's render size
+    lam_start: float = 1.0
+    lam_end: float = 1.0
+    lam_steps: int = field(default=0, metadata={"min": 0})  # env steps to anneal lambda over
+    lam_kind: str = field(default="linear", metadata={"choices": ("linear", "cosine")})
+    min_voc: float = 0.9
+    min_auroc: float = 0.9
+    force: bool = False  # use a model that fails its gate (with a warning)
+
+
+@dataclass
+class SACSection:
+    init_alpha: float = field(default=0.1, metadata={"gt": 0.0})
+    target_entropy: float | None = None  # None: -action_dim
+
+
+@dataclass
+class FinetuneRecipe:
+    name: str = ""
+    algo: str = field(default="td3", metadata={"choices": ALGOS})
+    gamma: float = field(default=0.99, metadata={"gt": 0.0, "max": 1.0})
+    n_step: int = field(default=3, metadata={"min": 1})
+    batch_size: int = field(default=256, metadata={"min": 2})
+    utd: int = field(default=1, metadata={"min": 1})  # gradient updates per env step
+    tau: float = field(default=0.005, metadata={"gt": 0.0, "max": 1.0})
+    policy_delay: int = field(default=2, metadata={"min": 1})
+    explore_noise: float = field(default=0.5, metadata={"min": 0.0})  # x actor.scale (TD3)
+    target_noise: float = field(default=0.2, metadata={"min": 0.0})  # x actor.scale (TD3 smoothing)
+    target_noise_clip: float = field(default=0.5, metadata={"min": 0.0})
+    learning_starts: int = field(default=1000, metadata={"min": 1})  # online transitions before updates
+    critic_warmup: int = field(default=5000, metadata={"min": 0})  # env steps of critic-only updates
+    buffer: int = field(default=300_000, metadata={"min": 1})
+    ckpt_every: int = field(default=5000, metadata={"min": 1})
+    log_every: int = field(default=1000, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0})
+    actor: ActorSection = field(default_factory=ActorSection)
+    critic: CriticSection = field(default_factory=CriticSection)
+    demos: DemoSection = field(default_factory=DemoSection)
+    env: EnvSection = field(default_factory=EnvSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    sac: SACSection = field(default_factory=SACSection)
+
+    def validate(self) -> None:
+        if self.batch_size * self.demos.ratio < 1 and self.demos.ratio > 0:
+            raise ConfigError(f"batch_size {self.batch_size} x demos.ratio {self.demos.ratio} < 1 sample",
+                              key="demos.ratio")
+
+
+def load_finetune_recipe(path: str | os.PathLike = "residual_td3", overrides: Sequence[str] = ()) -> FinetuneRecipe:
+    """A fine-tuning recipe (name or path, found like training recipes), ``key=value`` overrides applied."""
+    from robolearn import resources
+    from robolearn.config import load_yaml_config
+
+    p = resources.resolve("recipe", path)
+    r = load_yaml_config(FinetuneRecipe, p, "recipe", overrides)
+    r.name = r.name or p.stem
+    return r
+
+
+# ----------------------------------------------------------------------------- the learner
+
+
+class ResidualLearner:
+    """Actor, critic ensemble, their targets and optimisers; ``update`` is one gradient step.
+
+    Inputs are normalised: ``obs`` features (B, D), ``base`` actions (B, A), ``residual`` (B, A)."""
+
+    def __init__(self, cfg: FinetuneRecipe, obs_dim: int, action_dim: int) -> None:
+        from robolearn.rl.residual import ActorConfig, CriticEnsemble, ResidualActor
+
+        self.cfg = cfg
+        self.sac = cfg.algo == "sac"
+        a, c = cfg.actor, cfg.critic
+        self.scale = a.scale
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.actor = ResidualActor(ActorConfig(obs_dim, action_dim, a.hidden, a.layers, a.scale, stochastic=self.sac))
+        self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers)
+        self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr)
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=c.lr)
+        self.log_alpha = torch.tensor(float(np.log(cfg.sac.init_alpha)), requires_grad=True)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=a.lr)
+        self.target_entropy = cfg.sac.target_entropy if cfg.sac.target_entropy is not None else -float(action_dim)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, base: torch.Tensor, explore: bool) -> torch.Tensor:
+        """The residual to execute: with exploration noise (TD3) or sampled (SAC) when ``explore``."""
+        if not explore:
+            return self.actor(obs, base)
+        if self.sac:
+            return self.actor.sample(obs, base)[0]
+        noise = torch.randn(base.shape, generator=self.gen) * self.cfg.explore_noise * self.scale
+        return (self.actor(obs, base) + noise).clamp(-self.scale, self.scale)
+
+    def update(self, batch: dict[str, np.ndarray], train_actor: bool) -> dict[str, float]:
+        """One critic step on an n-step batch; an actor (and SAC temperature) step when ``train_actor``."""
+        cfg, scale, critic = self.cfg, self.scale, self.critic
+        bt = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in batch.items()}
+        o, b, r, ret, disc, o2, b2 = (bt[k] for k in ("obs", "base", "residual", "reward", "discount", "next_obs",
+                                                       "next_base"))
+        # Targets: n-step return + discounted min over a random pair of target critics at the next state.
+        with torch.no_grad():
+            if self.sac:
+                r2, logp2 = self.actor.sample(o2, b2)
+                q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen) - self.log_alpha.exp() * logp2
+            else:
+                noise = (torch.randn(r.shape, generator=self.gen) * cfg.target_noise * scale).clamp(
+                    -cfg.target_noise_clip * scale, cfg.target_noise_clip * scale)
+                r2 = (self.actor_t(o2, b2) + noise).clamp(-scale, scale)
+                q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen)
+            y = ret + disc * q_next
+        q = critic(o, b, r)  # (E, B): every member regresses to the same target
+        loss_c = (q - y).pow(2).mean(1).sum()
+        self.opt_c.zero_grad(set_to_none=True)
+        loss_c.backward()
+        self.opt_c.step()
+        logs = {"q": float(q.detach().mean()), "critic_loss": float(loss_c.detach())}
+        if train_actor:  # after the critic-only warm-up, every policy_delay updates
+            if self.sac:
+                res, logp = self.actor.sample(o, b)
+                loss_a = (self.log_alpha.exp().detach() * logp - critic(o, b, res).mean(0)).mean()
+            else:
+                loss_a = -critic(o, b, self.actor(o, b)).mean()
+            self.opt_a.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.opt_a.step()
+            if self.sac:
+                loss_alpha = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+                self.opt_alpha.zero_grad(set_to_none=True)
+                loss_alpha.backward()
+                self.opt_alpha.step()
+            soft_update(self.actor_t, self.actor, cfg.tau)
+            logs["actor_loss"] = float(loss_a.detach())
+        soft_update(self.critic_t, critic, cfg.tau)
+        return logs
+
+    _PARTS = ("actor", "critic", "actor_t", "critic_t", "opt_a", "opt_c", "opt_alpha")
+
+    def state_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k).state_dict() for k in self._PARTS}
+        return d | {"log_alpha": self.log_alpha.detach().clone(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        for k in self._PARTS:
+            getattr(self, k).load_state_dict(d[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(d["log_alpha"])
+        self.gen.set_state(d["gen"])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
+            t.lerp_(s, tau)
+
+
+def _task_of(rig: str) -> str:
+    if not rig.startswith("sim:"):
+        raise UserError(f"--rig {rig}: fine-tuning runs on simulated rigs (sim:TASK) for now")
+    return rig[4:]
+
+
+def run_episodes(pool: Any, base: Any, keys: list[str], actor: Any, seeds: Sequence[int]) -> dict[int, bool]:
+    """Success per seed of the base (``actor`` None) or base + deterministic residual on ``pool``'s envs
+    in lockstep (one base call per chunk boundary for all); seeds handed out in order."""
+    from robolearn.rl.residual import apply_residual, normalize_action, obs_features
+    from robolearn.rollout import PolicyAgent
+
+    agent = PolicyAgent(base, {k: base.shape_meta.obs[k] for k in base.obs_keys}, pool.n_envs)
+    todo = list(seeds)[::-1]
+    seed_of: dict[int, int] = {}
+    out: dict[int, bool] = {}
+    obs: dict[int, Any] = {}
+
+    def start(envs: list[int]) -> None:
+        want = {i: todo.pop() for i in envs if todo}
+        for i, s in want.items():
+            seed_of[i] = s
+            agent.reset(i, s)
+        obs.update(pool.reset(want))
+
+    start(list(range(pool.n_envs)))
+    while obs:
+        envs = sorted(obs)
+        base_act = agent.act({i: obs[i] for i in envs})
+        b = np.stack([base_act[i] for i in envs])
+        if actor is not None:
+            with torch.no_grad():
+                bn = normalize_action(base, b)
+                b = apply_residual(base, b, actor(obs_features(base, keys, [obs[i] for i in envs]), bn))
+        res = pool.step({i: b[row] for row, i in enumerate(envs)})
+        ended = []
+        for i in envs:
+            o, succ, trunc = res[i]
+            obs[i] = o
+            if succ or trunc:
+                out[seed_of[i]] = succ
+                del obs[i]
+                ended.append(i)
+        if ended:
+            start(ended)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps: int,
+             reward: str | None = None, recipe: str | os.PathLike = "residual_td3", overrides: Sequence[str] = (),
+             progress: bool = True, on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Fine-tune a residual on base checkpoint ``policy`` for ``steps`` env steps into ``out``.
+
+    Resumes by itself when ``out`` holds a run's ``state.pt`` (same base and recipe)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from robolearn.eval.runner import EVAL_SEED_BASE, resolve_checkpoint
+    from robolearn.policies.checkpoint import load_policy, read_checkpoint_meta
+    from robolearn.rl.envs import EnvPool
+    from robolearn.rl.replay import (
+        NStepCollector,
+        ReplayBuffer,
+        demo_transitions,
+        policy_obs_dim,
+        sample_mixed,
+    )
+    from robolearn.rl.residual import (
+        ResidualPolicy,
+        apply_residual,
+        base_hash,
+        lowdim_keys,
+        normalize_action,
+        obs_features,
+    )
+
+    # ---- set-up: recipe, base, output directory (fail before starting anything heavy)
+    if reward:
+        overrides = [*overrides, f"reward.spec={reward}"]
+    cfg = load_finetune_recipe(recipe, overrides)
+    task = _task_of(rig)
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    base_ckpt = resolve_checkpoint(policy)
+    base = load_policy(base_ckpt).eval()
+    images = [k for k in base.obs_keys if base.shape_meta.obs[k].kind != "lowdim"]
+    if images:
+        raise UserError(f"{base_ckpt} reads images ({', '.join(images)}); fine-tuning supports low-dim bases for now")
+    keys = lowdim_keys(base)
+    obs_dim, adim = policy_obs_dim(base, keys), base.action_dim
+    out = Path(out)
+    state_path = out / "state.pt"
+    resume = state_path.is_file()
+    run_info = {"base": str(Path(base_ckpt).resolve()), "base_sha256": base_hash(base_ckpt), "rig": rig,
+                "recipe": asdict(cfg)}
+    if resume:
+        prev = yaml.safe_load((out / "recipe.yaml").read_text())
+        if prev["base_sha256"] != run_info["base_sha256"] or prev["rig"] != rig:
+            raise UserError(f"{out} fine-tunes another base or rig; choose a new --out")
+        # How many processes step the envs changes nothing learnt: a resumed run may use another count.
+        mine = json.loads(json.dumps(run_info["recipe"]))
+        for r in (prev["recipe"], mine):
+            r["env"].pop("workers", None)
+        if prev["recipe"] != mine:
+            diff = sorted(k for k in mine if mine[k] != prev["recipe"].get(k))
+            raise UserError(f"{out} was started with another recipe (differs in {', '.join(diff)}); "
+                            "choose a new --out or use the same settings")
+    elif out.exists():
+        # A run that failed before its first save left only these: start it afresh.
+        if any(p.name not in ("recipe.yaml", "tb", "curve.jsonl") for p in out.iterdir()):
+            raise UserError(f"{out} is not empty and holds no fine-tuning state; choose a new --out")
+        (out / "curve.jsonl").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_info)), sort_keys=False))
+
+    dense = None
+    camera = None
+    if cfg.reward.spec:
+        from robolearn.rewards import DenseReward, GateConfig, LambdaSchedule, load_gated_reward
+        from robolearn.sim.tasks import load_task
+
+        model = load_gated_reward(cfg.reward.spec, gate=GateConfig(cfg.reward.min_voc, cfg.reward.min_auroc),
+                                  force=cfg.reward.force)
+        image_key = getattr(getattr(model, "meta", None), "image_key", "agentview_image")
+        camera = image_key[: -len("_image")]
+        sched = LambdaSchedule(cfg.reward.lam_start, cfg.reward.lam_end, cfg.reward.lam_steps, kind=cfg.reward.lam_kind)
+        text = load_task(task).instruction
+        dense = [DenseReward(model, text, cfg.gamma, sched) for _ in range(cfg.env.n_envs)]
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    learner = ResidualLearner(cfg, obs_dim, adim)
+    actor, a = learner.actor, cfg.actor
+    online = ReplayBuffer(cfg.buffer, obs_dim, adim)
+    st = {"env_steps": 0, "updates": 0, "episodes": 0, "next_seed": TRAIN_SEED_BASE, "next_eval": 0,
+          "curve": [], "base_success": None, "wall_s": 0.0}
+    if resume:
+        s = torch.load(state_path, map_location="cpu", weights_only=False)
+        learner.load_state_dict(s["learner"])
+        st.update(s["progress"])
+        rng.bit_generator.state = s["np_rng"]
+        torch.set_rng_state(s["torch_rng"])
+        if (out / "replay.npz").is_file():
+            online.load(out / "replay.npz")
+
+    demos = None
+    demo_store = cfg.demos.store
+    if demo_store == "auto":
+        demo_store = (read_checkpoint_meta(base_ckpt).get("extra") or {}).get("data", "")
+    if cfg.demos.ratio > 0 and demo_store:
+        if not Path(demo_store).exists():
+            raise UserError(f"demonstration store {demo_store} is missing; set demos.store=PATH or demos.ratio=0")
+        demos = demo_transitions(base, keys, demo_store, cfg.n_step, cfg.gamma, a.scale, cfg.demos.episodes)
+
+    def save_state() -> None:
+        ResidualPolicy(base, actor, str(base_ckpt), keys).save(
+            out / "checkpoints" / "last", extra={"env_steps": st["env_steps"], "task": task, "algo": cfg.algo})
+        online.save(out / "replay.npz")
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"learner": learner.state_dict(), "progress": st, "np_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, state_path)
+
+    # ---- collection
+    n = cfg.env.n_envs
+    writer = SummaryWriter(str(out / "tb"))
+    pool = EnvPool(task, n, cfg.env.workers, camera=camera, image_size=cfg.reward.image_size,
+                   max_steps=cfg.env.max_steps)
+    eval_seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval.episodes))
+    from robolearn.rollout import PolicyAgent
+
+    agent = PolicyAgent(base, {k: base.shape_meta.obs[k] for k in base.obs_keys}, n)
+    collector = NStepCollector(n, cfg.n_step, cfg.gamma, online.add)
+    recent: deque[float] = deque(maxlen=50)
+    returns: deque[float] = deque(maxlen=50)
+    drift: deque[float] = deque(maxlen=50)
+    ep_ret = np.zeros(n)
+    logs: dict[str, float] = {}
+    res_mag: deque[float] = deque(maxlen=1000)
+    t_wall = time.perf_counter() - st["wall_s"]
+    steps_at_start = st["env_steps"]
+    t_start = time.perf_counter()
+    bar = tqdm(total=steps, initial=min(st["env_steps"], steps), desc=f"finetune {rig}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    obs: dict[int, Any] = {}
+    pending: dict[int, tuple] = {}
+
+    def proprio(o: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        pk = dense[0].model.proprio_keys if dense else ()
+        return {k: o[k] for k in pk} if pk else None
+
+    def start(envs: list[int]) -> None:
+        seeds = {}
+        for i in envs:
+            seeds[i] = st["next_seed"]
+            st["next_seed"] += 1
+            agent.reset(i, seeds[i])
+            collector.reset(i)
+            pending.pop(i, None)
+            ep_ret[i] = 0.0
+        obs.update(pool.reset(seeds))
+        if dense:
+            for i in envs:
+                dense[i].reset(obs[i][f"{camera}_image"], proprio(obs[i]))
+
+    def evaluate_now() -> None:
+        t0 = time.perf_counter()
+        if st["base_success"] is None:
+            rb = run_episodes(pool, base, keys, None, eval_seeds)
+            st["base_success"] = float(np.mean([rb[s] for s in eval_seeds]))
+        if st["env_steps"] == 0:
+            succ = st["base_success"]  # the residual is zero at step 0: exactly the base (tested)
+        else:
+            actor.eval()
+            rr = run_episodes(pool, base, keys, actor, eval_seeds)
+            actor.train()
+            succ = float(np.mean([rr[s] for s in eval_seeds]))
+        row = {"env_steps": st["env_steps"], "success": succ, "base_success": st["base_success"],
+               "episodes": len(eval_seeds), "wall_s": time.perf_counter() - t_wall, "eval_s": time.perf_counter() - t0,
+               "train_success_recent": float(np.mean(recent)) if recent else None}
+        st["curve"].append(row)
+        with open(out / "curve.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        writer.add_scalar("eval/success", succ, st["env_steps"])
+        writer.add_scalar("eval/base_success", st["base_success"], st["env_steps"])
+        bar.set_postfix(eval=f"{succ:.2f}", base=f"{st['base_success']:.2f}", refresh=False)
+        if on_eval is not None:
+            on_eval(row)
+        st["next_eval"] = st["env_steps"] + cfg.eval.every
+        start(list(range(n)))  # evaluation used the envs: fresh training episodes
+
+    try:
+        start(list(range(n)))
+        while st["env_steps"] < steps:
+            if st["env_steps"] >= st["next_eval"]:
+                evaluate_now()
+            envs = list(range(n))
+            base_act = agent.act({i: obs[i] for i in envs})
+            b = np.stack([base_act[i] for i in envs])
+            with torch.no_grad():
+                f = obs_features(base, keys, [obs[i] for i in envs])
+                bn = normalize_action(base, b)
+                res = learner.act(f, bn, explore=True)
+            act = apply_residual(base, b, res)
+            res_mag.append(float(res.abs().mean()))
+            # The previous tick's transitions are complete now that their next state's base action is known.
+            for i, p in pending.items():
+                collector.add(i, *p, next_obs=f[i].numpy(), next_base=bn[i].numpy(), terminal=False, end=False)
+            pending.clear()
+            results = pool.step({i: act[i] for i in envs})
+            ended = []
+            for i in envs:
+                o2, succ, trunc = results[i]
+                r = float(succ)
+                if dense:
+                    dense[i].global_step = st["env_steps"]
+                    r = dense[i].step(o2[f"{camera}_image"], proprio(o2), float(succ), terminal=succ)
+                ep_ret[i] += r
+                if succ or trunc:
+                    # Bootstrap a truncated episode from its last state (the base's next action there).
+                    if succ:
+                        f2, b2 = np.zeros(obs_dim, np.float32), np.zeros(adim, np.float32)
+                    else:
+                        nb = agent.act({i: o2})[i]
+                        with torch.no_grad():
+                            f2 = obs_features(base, keys, o2)[0].numpy()
+                            b2 = normalize_action(base, nb[None])[0].numpy()
+                    collector.add(i, f[i].numpy(), bn[i].numpy(), res[i].numpy(), r, f2, b2, terminal=succ, end=True)
+                    recent.append(float(succ))
+                    returns.append(float(ep_ret[i]))
+                    if dense:
+                        phi = dense[i].potential(o2[f"{camera}_image"], proprio(o2))
+                        drift.append(abs(phi - float(succ)))
+                    st["episodes"] += 1
+                    ended.append(i)
+                else:
+                    pending[i] = (f[i].numpy(), bn[i].numpy(), res[i].numpy(), r)
+                    obs[i] = o2
+            st["env_steps"] += n
+            bar.update(n)
+            if ended:
+                start(ended)
+            if len(online) >= cfg.learning_starts:
+                for _ in range(cfg.utd * n):
+                    st["updates"] += 1
+                    train_actor = st["env_steps"] >= cfg.critic_warmup and st["updates"] % cfg.policy_delay == 0
+                    batch = sample_mixed(online, demos, cfg.batch_size, cfg.demos.ratio, rng)
+                    logs.update(learner.update(batch, train_actor))
+            if st["env_steps"] % cfg.log_every < n:
+                es = st["env_steps"]
+                sps = (es - steps_at_start) / max(time.perf_counter() - t_start, 1e-9)
+                for k, v in logs.items():
+                    writer.add_scalar(f"train/{k}", v, es)
+                if recent:
+                    writer.add_scalar("train/success", float(np.mean(recent)), es)
+                    writer.add_scalar("train/return", float(np.mean(returns)), es)
+                if drift:
+                    writer.add_scalar("reward/dense_vs_success_drift", float(np.mean(drift)), es)
+                writer.add_scalar("train/residual_abs", float(np.mean(res_mag)), es)
+                writer.add_scalar("train/env_steps_per_s", sps, es)
+                bar.set_postfix(train=f"{np.mean(recent):.2f}" if recent else "-",
+                                eval=f"{st['curve'][-1]['success']:.2f}" if st["curve"] else "-",
+                                q=f"{logs.get('q', 0):.2f}", refresh=False)
+            if st["env_steps"] % cfg.ckpt_every < n:
+                st["wall_s"] = time.perf_counter() - t_wall
+                save_state()
+        if not st["curve"] or st["curve"][-1]["env_steps"] != st["env_steps"]:
+            evaluate_now()
+        st["wall_s"] = time.perf_counter() - t_wall
+        save_state()
+    finally:
+        bar.close()
+        writer.close()
+        pool.close()
+    sps = (st["env_steps"] - steps_at_start) / max(time.perf_counter() - t_start, 1e-9)
+    result = {"env_steps": st["env_steps"], "updates": st["updates"], "episodes": st["episodes"],
+              "base_success": st["base_success"], "success": st["curve"][-1]["success"] if st["curve"] else None,
+              "curve": st["curve"], "wall_s": st["wall_s"], "env_steps_per_s": sps, "algo": cfg.algo,
+              "reward": cfg.reward.spec or "sparse", "demo_transitions": len(demos) if demos else 0,
+              "checkpoint": str(out / "checkpoints" / "last")}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result

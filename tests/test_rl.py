@@ -1,0 +1,282 @@
+"""Residual RL: zero-init is the base, n-step replay, the critic's values, a biased base corrected,
+and `robolearn finetune` end to end on sim:lift (resume, eval of the fine-tuned run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import tiny_checkpoint
+
+from robolearn.errors import UserError
+from robolearn.rl import load_finetune_recipe
+from robolearn.rl.replay import NStepCollector, ReplayBuffer, sample_mixed
+from robolearn.rl.residual import (
+    ActorConfig,
+    ResidualActor,
+    ResidualAgent,
+    ResidualPolicy,
+    load_residual,
+    lowdim_keys,
+)
+from robolearn.rl.residual_td3 import ResidualLearner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _recipe(*overrides: str):
+    return load_finetune_recipe("residual_td3", list(overrides))
+
+
+# ---------------------------------------------------------------- zero init, checkpoint, hash
+
+
+def test_zero_init_reproduces_the_base_bit_for_bit_and_the_checkpoint_checks_its_base(tmp_path):
+    from robolearn.policies import load_policy
+    from robolearn.rigs import make_rig
+    from robolearn.rollout import PolicyAgent, policy_features, run_batched
+
+    ckpt = tiny_checkpoint(tmp_path / "base")
+    base = load_policy(ckpt)
+    keys = lowdim_keys(base)
+    obs_dim = sum(int(np.prod(base.shape_meta.obs[k].shape)) for k in keys)
+    actor = ResidualActor(ActorConfig(obs_dim, 7, hidden=32, layers=2, scale=0.1))
+    rp = ResidualPolicy(base, actor, str(ckpt), keys)
+
+    def actions(agent_cls, policy):
+        with make_rig("sim:lift") as rig:
+            agent = agent_cls(policy, policy_features(base, rig), 1)
+            ep = run_batched([rig], agent, [7], max_steps=20)[0]
+        return ep.control["action"]
+
+    plain = actions(PolicyAgent, base)
+    resid = actions(ResidualAgent, rp)
+    assert np.array_equal(plain, resid)  # exactly the base, not approximately
+
+    # A non-zero last layer changes the actions, within the bound (scale x the normaliser's range).
+    with torch.no_grad():
+        actor.net[-1].bias.fill_(5.0)
+    moved = actions(ResidualAgent, rp)
+    assert not np.array_equal(plain, moved)
+    span = base.normalizer.unnormalize("action", torch.ones(7)) - base.normalizer.unnormalize("action", torch.zeros(7))
+    assert np.all(np.abs(moved[0] - plain[0]) <= 0.1 * np.abs(span.numpy()) + 1e-6)
+
+    # Saved beside a reference to its base; a changed base is refused by hash.
+    rp.save(tmp_path / "rl")
+    again = load_residual(tmp_path / "rl")
+    assert torch.equal(again.actor.net[-1].bias, actor.net[-1].bias)
+    tiny_checkpoint(tmp_path / "base", seed=1)  # other weights at the same path
+    with pytest.raises(UserError, match="not the one this residual was trained on"):
+        load_residual(tmp_path / "rl")
+
+
+# ---------------------------------------------------------------- n-step replay
+
+
+def test_nstep_returns_across_episode_ends_and_interleaved_envs():
+    gamma, n = 0.5, 3
+    got: list[dict] = []
+    c = NStepCollector(2, n, gamma, got.append)
+    z = np.zeros(1, np.float32)
+
+    def add(env, t, r, terminal=False, end=False):
+        c.add(env, np.array([t], np.float32), z, z, r, np.array([t + 1], np.float32), z, terminal, end)
+
+    # env 0: rewards 1,2,3,4 then truncated (bootstrap); env 1: 10, 20 then terminal; interleaved.
+    add(0, 0, 1.0)
+    add(1, 100, 10.0)
+    add(0, 1, 2.0)
+    add(1, 101, 20.0, terminal=True, end=True)
+    add(0, 2, 3.0)
+    add(0, 3, 4.0, end=True)
+    by = {float(t["obs"][0]): t for t in got}
+    assert sorted(by) == [0, 1, 2, 3, 100, 101]
+    assert by[0]["reward"] == pytest.approx(1 + 0.5 * 2 + 0.25 * 3) and by[0]["discount"] == pytest.approx(0.125)
+    assert by[0]["next_obs"][0] == 3  # the state n steps later
+    # The last n-1 steps of a truncated episode bootstrap from its final state with fewer steps.
+    assert by[1]["reward"] == pytest.approx(2 + 0.5 * 3 + 0.25 * 4) and by[1]["next_obs"][0] == 4
+    assert by[2]["reward"] == pytest.approx(3 + 0.5 * 4) and by[2]["discount"] == pytest.approx(0.25)
+    assert by[3]["reward"] == pytest.approx(4) and by[3]["discount"] == pytest.approx(0.5)
+    # Terminal: no bootstrap, and env 1's sums never mix with env 0's rewards.
+    assert by[100]["reward"] == pytest.approx(10 + 0.5 * 20) and by[100]["discount"] == 0.0
+    assert by[101]["reward"] == pytest.approx(20) and by[101]["discount"] == 0.0
+    # A new episode in env 0 starts a fresh window.
+    add(0, 50, 7.0, terminal=True, end=True)
+    assert got[-1]["reward"] == 7.0 and float(got[-1]["obs"][0]) == 50
+
+
+def test_replay_mixes_demonstrations_half_and_half_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    online, demos = ReplayBuffer(100, 1, 1), ReplayBuffer(100, 1, 1)
+    for i in range(30):
+        t = {"obs": [i], "base": [0], "residual": [0], "reward": 0.0, "discount": 1.0, "next_obs": [i], "next_base": [0]}
+        online.add(t)
+        demos.add(t | {"reward": 1.0})
+    batch = sample_mixed(online, demos, 64, 0.5, rng)
+    assert batch["reward"].sum() == 32
+    online.save(tmp_path / "r.npz")
+    back = ReplayBuffer(100, 1, 1)
+    back.load(tmp_path / "r.npz")
+    assert len(back) == 30 and np.array_equal(back.data["obs"][:30], online.data["obs"][:30])
+
+
+# ---------------------------------------------------------------- the critic, the actor
+
+
+def test_critic_learns_the_value_of_a_chain():
+    """A 5-state chain walked left to right, reward 1 on reaching the end: Q(s) = gamma^(4-s)."""
+    length, gamma = 5, 0.9
+    cfg = _recipe(f"gamma={gamma}", "n_step=1", "critic.hidden=64", "actor.hidden=16", "critic.lr=3e-3", "tau=0.05")
+    learner = ResidualLearner(cfg, length, 1)
+    buf = ReplayBuffer(100, length, 1)
+    c = NStepCollector(1, 1, gamma, buf.add)
+    eye = np.eye(length, dtype=np.float32)
+    z = np.zeros(1, np.float32)
+    for s in range(length):
+        last = s == length - 1
+        c.add(0, eye[s], z, z, float(last), eye[min(s + 1, length - 1)], z, terminal=last, end=last)
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        learner.update(buf.sample(32, rng), train_actor=False)
+    with torch.no_grad():
+        q = learner.critic(torch.from_numpy(eye), torch.zeros(length, 1), torch.zeros(length, 1)).mean(0).numpy()
+    want = gamma ** np.arange(length - 1, -1, -1)
+    assert np.abs(q - want).max() < 0.05, (q, want)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_residual_corrects_a_biased_base_on_a_toy_task(algo):
+    """A point must reach |x| < 0.05; the base jumps to an offset point (bias 0.08 per axis) and stays
+    there, so it never succeeds. The residual (bound 0.1) learns to cancel the bias."""
+    cfg = _recipe("n_step=3", "gamma=0.95", "batch_size=128", "learning_starts=200", "critic_warmup=500",
+                  "actor.hidden=64", "critic.hidden=64", "actor.scale=0.1", "explore_noise=0.5", "demos.ratio=0",
+                  f"algo={algo}", "sac.init_alpha=0.01")
+    learner = ResidualLearner(cfg, 2, 2)
+    rng = np.random.default_rng(0)
+    bias = np.array([0.08, -0.08], np.float32)
+    buf = ReplayBuffer(20000, 2, 2)
+    n_envs, horizon = 4, 25
+    c = NStepCollector(n_envs, cfg.n_step, cfg.gamma, buf.add)
+
+    def base(x):
+        return np.clip(-x + bias, -1, 1).astype(np.float32)
+
+    def episode_success(explore, x, envs=n_envs, learn=False):
+        t = np.zeros(envs, int)
+        succ = np.zeros(envs, bool)
+        done = np.zeros(envs, bool)
+        updates = 0
+        while not done.all():
+            idx = np.flatnonzero(~done)
+            b = base(x[idx])
+            res = learner.act(torch.from_numpy(x[idx]), torch.from_numpy(b), explore).numpy()
+            x2 = x[idx] + b + res
+            for row, i in enumerate(idx):
+                t[i] += 1
+                ok = bool(np.abs(x2[row]).max() < 0.05)
+                end = ok or t[i] >= horizon
+                if learn:
+                    c.add(i, x[i].copy(), b[row], res[row], float(ok), x2[row], base(x2[row][None])[0], ok, end)
+                x[i] = x2[row]
+                succ[i] |= ok
+                done[i] |= end
+            if learn and len(buf) >= cfg.learning_starts:
+                for _ in range(len(idx)):
+                    updates += 1
+                    learner.update(buf.sample(cfg.batch_size, rng), train_actor=updates % 2 == 0 and len(buf) > 500)
+        return succ
+
+    eval_x = np.random.default_rng(1).uniform(-1, 1, (50, 2)).astype(np.float32)
+    before = episode_success(False, eval_x.copy(), envs=50).mean()
+    for _ in range(60):
+        episode_success(True, rng.uniform(-1, 1, (n_envs, 2)).astype(np.float32), learn=True)
+    after = episode_success(False, eval_x.copy(), envs=50).mean()
+    assert before == 0.0
+    assert after >= 0.9, after
+
+
+# ---------------------------------------------------------------- robolearn finetune end to end
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
+    from robolearn.policies.train import load_recipe, train
+    from robolearn.record import RecordConfig, record
+    from robolearn.rl import finetune
+
+    store = tmp_path / "lift.zarr"
+    record(RecordConfig(rig="sim:lift", out=str(store), episodes=2, seed=0, workers=1))
+    recipe = load_recipe("meanflow_lowdim", ["policy.unet.down_dims=[16,32]", "train.steps=20", "train.batch_size=32",
+                                             "train.warmup_steps=0", "data.val_ratio=0.0", "train.num_workers=0"])
+    train(recipe, store, tmp_path / "base", progress=False)
+    small = ["env.n_envs=2", "env.workers=1", "env.max_steps=20", "eval.episodes=2", "eval.every=40",
+             "learning_starts=20", "critic_warmup=30", "batch_size=16", "actor.hidden=32", "critic.hidden=32",
+             "ckpt_every=20", "log_every=10"]
+    rows = []
+    out = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=60, overrides=small, progress=False,
+                   on_eval=rows.append)
+    assert out["env_steps"] == 60 and out["updates"] > 0 and out["demo_transitions"] > 0
+    assert [r["env_steps"] for r in rows] == [0, 40, 60]
+    assert rows[0]["success"] == rows[0]["base_success"]
+    assert (tmp_path / "rl" / "checkpoints" / "last" / "residual.json").is_file()
+    assert list((tmp_path / "rl" / "tb").iterdir())
+    state = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
+    assert state["progress"]["env_steps"] == 60
+
+    # Killed mid-run (SIGKILL), the same command resumes from the last saved state: networks, optimisers
+    # and replay buffer, in another number of env processes.
+    cmd = [sys.executable, "-m", "robolearn", "finetune", "--policy", str(tmp_path / "base"), "--rig", "sim:lift",
+           "--steps", "100000", "--out", str(tmp_path / "rl"), "--quiet", *small, "env.workers=0"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    saved = state
+    try:
+        deadline = time.monotonic() + 240
+        while saved["progress"]["env_steps"] < 100 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            saved = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert saved["progress"]["env_steps"] >= 100, proc.stderr.read().decode()[-2000:]
+    saved = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
+    at = saved["progress"]["env_steps"]
+    replay_at = int(np.load(tmp_path / "rl" / "replay.npz")["size"])
+    out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=at + 20, overrides=small, progress=False)
+    assert out2["env_steps"] == at + 20 and out2["updates"] > saved["progress"]["updates"]
+    assert int(np.load(tmp_path / "rl" / "replay.npz")["size"]) > replay_at
+    with pytest.raises(UserError, match="another recipe"):
+        finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=100, overrides=[*small, "actor.scale=0.2"],
+                 progress=False)
+
+    # `robolearn eval` runs the fine-tuned run like any other policy.
+    r = subprocess.run([sys.executable, "-m", "robolearn", "eval", "--policy", str(tmp_path / "rl"), "--task", "lift",
+                        "--episodes", "2", "--workers", "1", "--max-steps", "20", "--videos", "0",
+                        "--out", str(tmp_path / "ev")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["results"][0]["policy_type"].startswith("residual+") and rep["results"][0]["episodes"] == 2
+
+
+def test_finetune_cli_mistakes_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "robolearn", "finetune", "--policy", str(tmp_path / "nope"),
+                        "--rig", "sim:lift", "--steps", "10", "--out", str(tmp_path / "o"), "algo=ppo"],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "algo" in r.stderr and "Traceback" not in r.stderr

@@ -193,6 +193,10 @@ def main() -> None:
         print(f"{k:28s} {res.get(k)}")
     print(f"load average before {res['load_average_before']}, after {res['load_average_after']}")
     write_json("bench_rig", res, out)
+    os.chdir(Path(__file__).resolve().parent)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # recordings and a ~300 MB store
 
 
 if __name__ == "__main__":

@@ -103,10 +103,14 @@ def test_a_recording_plays_as_a_camera_every_frame_with_its_pixels_timestamps_an
         feats = cam.features
         assert feats["front_image"].shape == (H, W, 3) and feats["front_image"].kind == "rgb"
         assert feats["front_depth"].depth_scale == 0.001 and feats["front_depth"].dtype == "uint16"
+        # (Nothing is acknowledged yet, so the camera has not overwritten frame 100.)
+        t100 = (T0_MS + 0 * 1000.0 / FPS) / 1000.0
+        near = cam.nearest(t100 + 0.01, clock="device")  # 10 ms after frame 100, 23 ms before 101
+        assert near.frame_number == 100 and near.t_device == pytest.approx(t100)
         first = cam.frames_since()
         assert first and first[0].frame_number == 100
-        near = cam.nearest(first[0].t_device + 0.01, clock="device")  # 10 ms after frame 100, 23 ms before 101
-        assert near.frame_number == 100 and near.t_device == first[0].t_device
+        view = cam.latest(copy=False)  # zero-copy: read-only, valid while the ring holds it
+        assert not view.values["front_image"].flags.writeable and cam.still_valid(view)
         # A consumer slower than the recording, through a 4-slot ring: the camera waits for it.
         frames = first + _drain(cam, slow_s=0.01, after=first[-1].frame_number)
         _check_stream(frames, 40, seed=1, name="front")

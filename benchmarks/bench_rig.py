@@ -122,6 +122,7 @@ def main() -> None:
     from robolearn.record import RecordConfig, record
     from robolearn.rigs.playback import make_playback
 
+    out = str(Path(args.out).resolve()) if args.out else None  # before the chdir below
     load = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench_rig_"))
     os.chdir(work)
@@ -191,7 +192,11 @@ def main() -> None:
               "handoff_to_polling_consumer"):
         print(f"{k:28s} {res.get(k)}")
     print(f"load average before {res['load_average_before']}, after {res['load_average_after']}")
-    write_json("bench_rig", res, args.out)
+    write_json("bench_rig", res, out)
+    os.chdir(Path(__file__).resolve().parent)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # recordings and a ~300 MB store
 
 
 if __name__ == "__main__":

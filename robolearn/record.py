@@ -335,6 +335,13 @@ class _Collector:
         # After every device process and reader thread has started: they keep normal scheduling.
         self._rt = self.rig.realtime and _realtime_thread(getattr(getattr(self.rig, "config", None),
                                                                   "realtime_priority", 0))
+        if self.rig.realtime:
+            # Everything imported so far (MuJoCo, robosuite, torch...) out of the collector's sight: a
+            # full collection over those objects would stall a control tick for tens of milliseconds.
+            import gc
+
+            gc.collect()
+            gc.freeze()
 
     def _wait_for_start(self) -> bool:
         """Between episodes: the operator drives the rig (not recorded) until START (True) or QUIT."""

@@ -103,10 +103,14 @@ def test_a_recording_plays_as_a_camera_every_frame_with_its_pixels_timestamps_an
         feats = cam.features
         assert feats["front_image"].shape == (H, W, 3) and feats["front_image"].kind == "rgb"
         assert feats["front_depth"].depth_scale == 0.001 and feats["front_depth"].dtype == "uint16"
+        # (Nothing is acknowledged yet, so the camera has not overwritten frame 100.)
+        t100 = (T0_MS + 0 * 1000.0 / FPS) / 1000.0
+        near = cam.nearest(t100 + 0.01, clock="device")  # 10 ms after frame 100, 23 ms before 101
+        assert near.frame_number == 100 and near.t_device == pytest.approx(t100)
         first = cam.frames_since()
         assert first and first[0].frame_number == 100
-        near = cam.nearest(first[0].t_device + 0.01, clock="device")  # 10 ms after frame 100, 23 ms before 101
-        assert near.frame_number == 100 and near.t_device == first[0].t_device
+        view = cam.latest(copy=False)  # zero-copy: read-only, valid while the ring holds it
+        assert not view.values["front_image"].flags.writeable and cam.still_valid(view)
         # A consumer slower than the recording, through a 4-slot ring: the camera waits for it.
         frames = first + _drain(cam, slow_s=0.01, after=first[-1].frame_number)
         _check_stream(frames, 40, seed=1, name="front")
@@ -304,3 +308,33 @@ def test_video_devices_are_listed_with_their_sysfs_names(tmp_path):
     text = format_hardware({"realsense": [{"serial": "123", "model": "Intel RealSense D405", "firmware": "5.16",
                                            "usb": "3.2"}], "realsense_note": None, "video": vids})
     assert "123" in text and "Intel RealSense D405" in text and "USB 3.2" in text and "HD Pro Webcam C920" in text
+
+
+def test_camera_processes_and_rings_go_when_the_consumer_is_killed(recs, tmp_path):
+    script = tmp_path / "consumer.py"
+    script.write_text(f"""
+import os, signal
+from pathlib import Path
+from robolearn.hardware.cameras import CameraConfig, open_camera
+if __name__ == "__main__":
+    cam = open_camera(CameraConfig(name="c", type="playback", path=Path({str(recs["a"])!r}), width={W}, height={H},
+                                   depth=True, loop=True))
+    print(cam.pid, cam._ring.name, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    pid, ring = r.stdout.split()
+
+    def running() -> bool:  # a zombie (exited, not yet reaped by whoever adopted it) counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.time() + 10
+    while time.time() < deadline and (running() or Path(f"/dev/shm/{ring.lstrip('/')}").exists()):
+        time.sleep(0.05)
+    assert not running()  # the camera process noticed and stopped
+    assert not Path(f"/dev/shm/{ring.lstrip('/')}").exists()  # the resource tracker unlinked the ring

@@ -179,7 +179,9 @@ def test_record_on_the_twin_end_to_end_and_sigkill(twin_dir):
             # One control row per tick at the rig's rate, with the expert's action.
             t_ctrl = s.timestamps("control", ep)
             assert s.read("action", ep).shape == (info.length, 7) and info.length > 20
-            assert np.all(np.diff(t_ctrl) > 0)
+            # The arm state's host time: a tick may see the same state as the one before when the
+            # controller published nothing in between (a loaded machine), never an older one.
+            assert np.all(np.diff(t_ctrl) >= 0) and np.mean(np.diff(t_ctrl) > 0) > 0.9
             assert (t_ctrl[-1] - t_ctrl[0]) == pytest.approx((info.length - 1) / 20, rel=0.15)
             for i, cam in enumerate(("front", "wrist")):
                 n = _check_camera_frames(s, ep, cam, i, info.dropped_frames[cam])

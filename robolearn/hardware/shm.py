@@ -321,9 +321,13 @@ class ShmRing:
             return None
         return RingEntry(index, fnum, tdev, thost, values)
 
+    def holds(self, index: int) -> bool:
+        """Whether sample ``index`` is complete in the ring (not yet overwritten, not being written)."""
+        return index >= 0 and int(self._seq[index % self.capacity]) == 2 * index + 2
+
     def still_valid(self, entry: RingEntry) -> bool:
         """Whether the slot behind a zero-copy ``entry`` still holds that sample."""
-        return int(self._seq[entry.index % self.capacity]) == 2 * entry.index + 2
+        return self.holds(entry.index)
 
     def latest(self, copy: bool = True) -> RingEntry | None:
         """The newest complete sample (None before the first)."""

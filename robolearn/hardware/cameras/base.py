@@ -272,21 +272,9 @@ class CameraStream:
             ring.ack(entries[-1].index + 1)
         return [self._frame(e) for e in entries]
 
-    def wait_frame(self, after_index: int = -1, timeout: float | None = None, poll_s: float = 0.0002) -> Frame:
-        """Block until a frame with ring index > ``after_index`` is there and return the newest one.
-        Raises :class:`RigError` as :meth:`latest` does (a stall after ``timeout_s``)."""
-        deadline = time.time() + (timeout if timeout is not None else max(self.cfg.timeout_s * 4, 1.0))
-        while True:
-            if self._ring.count - 1 > after_index:
-                return self.latest()
-            self.check()
-            if time.time() > deadline:
-                raise RigError(f"camera {self.cfg.label}: no new frame within {timeout} s")
-            time.sleep(poll_s)
-
     def still_valid(self, frame: Frame) -> bool:
         """Whether the slot behind a ``copy=False`` frame still holds it."""
-        return int(self._ring._seq[frame.index % self._ring.capacity]) == 2 * frame.index + 2  # noqa: SLF001
+        return self._ring.holds(frame.index)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float = 5.0) -> None:

@@ -191,6 +191,8 @@ class RealSenseSource(Source):
                 return c, t, None
             return None
         half = 500.0 / self.cfg.fps
+        for waiting in (colors, depths):  # one stream stopped: keep a few (SDK frames are pooled), no stream out
+            del waiting[:-8]
         while colors and depths:
             (c, t), (d, _) = colors[0], depths[0]
             dt = c.get_timestamp() - d.get_timestamp()

@@ -43,6 +43,7 @@ import numpy as np
 
 from robolearn.data.schema import CONTROL_STREAM, EpisodeInfo, KeySpec
 from robolearn.data.store import DemoStore
+from robolearn.errors import UserError
 
 LEROBOT_FORMAT = "v3.0"
 STATE, ENV_STATE = "observation.state", "observation.environment_state"
@@ -54,7 +55,7 @@ TORCHVISION_DIR = Path(sysconfig.get_paths()["data"]) / "share" / "robolearn" / 
 _KEEP: list[Any] = []
 
 
-class InteropError(ValueError):
+class InteropError(UserError):
     """A dataset or request that cannot be converted; the message says why and what to do."""
 
 

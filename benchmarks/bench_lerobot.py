@@ -79,6 +79,7 @@ def main() -> None:
                     help="cap LeRobot passes at this many batches (0: whole passes)")
     ap.add_argument("--store", default=str(RESULTS / "lerobot_store.zarr"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reuse-export", action="store_true", help="keep the last run's export and round-trip figures")
     args = ap.parse_args()
     torch.set_num_threads(1)
     store_path = ensure_store(Path(args.store), args.episodes, CAMERAS, 96)
@@ -89,6 +90,13 @@ def main() -> None:
 
     # --- round trip: store -> LeRobot -> store
     lr_root, back = RESULTS / "lerobot_export" / "robolearn" / "lift", RESULTS / "lerobot_roundtrip.zarr"
+    if args.reuse_export:
+        import json
+
+        last = json.loads((Path(args.out) if args.out else RESULTS / "lerobot.json").read_text())
+        res["round_trip"] = last["round_trip"]
+        measure_loaders(res, store_path, lr_root, int(round(store.episode_info(0).fps)), args)
+        return
     shutil.rmtree(lr_root, ignore_errors=True)
     shutil.rmtree(back, ignore_errors=True)
     rep = export_lerobot(store_path, lr_root, repo_id="robolearn/lift")
@@ -113,8 +121,11 @@ def main() -> None:
           + f"; store {res['round_trip']['store_mb']:.1f} MB, LeRobot {res['round_trip']['lerobot_mb']:.1f} MB",
           flush=True)
     write_json("lerobot", res, args.out)
+    measure_loaders(res, store_path, lr_root, rep.fps, args)
 
-    # --- loader throughput, same windows on both sides
+
+def measure_loaders(res: dict, store_path: Path, lr_root: Path, fps: int, args: argparse.Namespace) -> None:
+    """Loader throughput, the same windows on both sides."""
     kw = dict(obs_keys=[*LOWDIM, *(f"{c}_image" for c in CAMERAS)], action_key="action", n_obs_steps=N_OBS,
               horizon=HORIZON, n_action_steps=8, split="all")
     ours = WindowDataset(store_path, **kw)
@@ -122,7 +133,7 @@ def main() -> None:
     res["store"] = passes(make_loader(ours, args.batch_size, num_workers=args.workers, seed=0), args.seconds)
     print(f"store      cold {res['store']['cold']:8.0f}  warm {res['store']['warm']:8.0f} windows/s", flush=True)
     write_json("lerobot", res, args.out)
-    ds, loader = lerobot_loader(lr_root, "robolearn/lift", rep.fps, args.batch_size, args.workers)
+    ds, loader = lerobot_loader(lr_root, "robolearn/lift", fps, args.batch_size, args.workers)
     res["lerobot_windows"] = len(ds)
     res["lerobotdataset"] = passes(loader, args.seconds, args.lerobot_batches or None)
     print(f"LeRobot    cold {res['lerobotdataset']['cold']:8.0f}  warm {res['lerobotdataset']['warm']:8.0f} windows/s "

@@ -134,6 +134,16 @@ def scalars_as_0d(ds: Any) -> None:
             ds.episode_buffer[key] = [np.asarray(v).reshape(()) for v in ds.episode_buffer[key]]
 
 
+def release_decoders() -> None:
+    """Close the video decoders lerobot caches per process. A decoder holds an open file whose offset
+    forked DataLoader workers would share with this process, corrupting each other's reads."""
+    from lerobot.datasets import video_utils
+
+    cache = getattr(video_utils, "_default_decoder_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 image stacks in dB (inf when identical)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -279,6 +289,7 @@ def export_lerobot(store_path: str | os.PathLike, out: str | os.PathLike, repo_i
             mse.append(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
         m = float(np.mean(mse))
         scores[name] = float("inf") if m == 0 else float(10 * np.log10(255.0**2 / m))
+    release_decoders()
     carried = {n: ", ".join(s) for n, s in sources.items()}
     carried["task"] = "episode task text"
     return ExportReport(out, repo_id, lr["version"], store.n_episodes, frames, fps, carried, not_carried, scores,
@@ -520,6 +531,7 @@ def import_lerobot(src: str | os.PathLike, out: str | os.PathLike, source: str =
                 progress(e + 1, ds.num_episodes)
     finally:
         store.close()
+        release_decoders()
     return ImportReport(root, out, ds.num_episodes, frames, int(ds.fps), keys, not_carried, time.perf_counter() - t0)
 
 

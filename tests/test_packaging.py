@@ -28,7 +28,8 @@ print(json.dumps({
     "builtin_root": str(resources.builtin_root()),
     "tasks": list_tasks(),
     "lift_source": str(load_task("lift").source),
-    "recipes": {n: load_recipe(n).name for n in resources.available("recipe")},
+    # Training recipes (residual RL recipes, residual_*.yaml, are read by robolearn.rl).
+    "recipes": {n: load_recipe(n).name for n in resources.available("recipe") if not n.startswith("residual_")},
     "recipe_by_repo_path": str(resources.resolve("recipe", "policies/quickstart.yaml")),
     "suite": load_suite(resources.resolve("suite", "sim/suites/lift.yaml")).tasks,
     "files": sorted(str(p.relative_to(resources.builtin_root())) for p in resources.builtin_root().rglob("*")
@@ -69,7 +70,7 @@ def test_non_editable_install_finds_builtins_from_any_directory(tmp_path):
     assert Path(got["builtin_root"]) == Path(got["package"]) / "_builtin"
     assert set(got["tasks"]) >= {"lift", "can", "square", "stack"}
     assert Path(got["lift_source"]) == Path(got["builtin_root"]) / "sim" / "tasks" / "lift.yaml"
-    repo_recipes = sorted(p.stem for p in (REPO / "policies").glob("*.yaml"))
+    repo_recipes = sorted(p.stem for p in (REPO / "policies").glob("*.yaml") if not p.stem.startswith("residual_"))
     assert sorted(got["recipes"]) == repo_recipes and got["recipes"]["quickstart"] == "quickstart"
     assert Path(got["recipe_by_repo_path"]).is_relative_to(got["builtin_root"])
     assert got["suite"] == ["lift"]

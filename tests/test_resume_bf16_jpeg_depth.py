@@ -222,7 +222,7 @@ def test_depth_only_camera_from_store_to_policy(tmp_path):
     torch.testing.assert_close(item["obs"]["cam_depth"], expected)  # metres, channel axis added
 
     meta = shape_meta_from_dataset(ds)
-    assert meta.obs["cam_depth"].kind == "depth" and meta.obs["cam_depth"].shape == (1, 16, 16)
+    assert meta.obs["cam_depth"].kind == "depth" and meta.obs["cam_depth"].tensor_shape == (1, 16, 16)
     recipe = load_recipe(_write_recipe(tmp_path), ["data.obs_keys=[state, cam_depth]"])
     policy = make_policy(recipe.policy, meta)
     policy.set_normalizer(ds.normalizer())

@@ -378,7 +378,7 @@ def test_injected_action_latency_delays_the_twins_response(twin) -> None:
         delayed = first_motion()
     finally:
         twin.set_action_latency(0.0)
-    assert 0.25 < delayed - base < 0.6  # 0.4 s, give or take the world's 50 ms ticks and a busy machine
+    assert 0.25 < delayed - base < 1.0  # 0.4 s, give or take the world's 50 ms ticks and a loaded machine
 
 
 def test_input_errors_are_one_line(twin) -> None:

@@ -190,7 +190,7 @@ def test_record_on_the_twin_end_to_end_and_sigkill(twin_dir):
                 t_host, t_dev = s.timestamps(cam, ep, "host"), s.timestamps(cam, ep, "device")
                 assert np.all(np.diff(t_host) > 0) and np.all(np.diff(t_dev) > 0)
                 # One host clock for all streams: the frames lie within the episode's control ticks.
-                assert t_ctrl[0] - 0.2 < t_host[0] and t_host[-1] < t_ctrl[-1] + 0.5
+                assert t_ctrl[0] - 0.2 < t_host[0] and t_host[-1] < t_ctrl[-1] + 1.0  # the episode ends with the last tick; a loaded machine may lag
                 # Device times are the recording's: 1/30 s apart (modulo the loop's wrap).
                 steps = np.diff(t_dev)
                 assert np.median(steps) == pytest.approx(1 / 30, abs=2e-3)

@@ -37,13 +37,7 @@ train: {steps: 4, batch_size: 8, lr: 1.0e-3, warmup_steps: 2, num_workers: 0, va
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is faster than several waiting on each other on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_store(path: Path, lengths: list[int], camera: dict | None = None, seed: int = 0) -> list[dict]:

@@ -204,7 +204,7 @@ def check_gate(scores: Mapping[str, Any], gate: GateConfig | None = None, force:
         counts = f"{scores.get('n_success', '?')} successes, {scores.get('n_failure', '?')} failures"
         msg = f"{what} fails its quality gate on held-out episodes ({counts}): {'; '.join(failures)}"
         if not force:
-            raise RewardGateError(msg + "; improve it (more failures, more steps) or pass --force-reward")
+            raise RewardGateError(msg + "; improve it (more failures, more steps) or force it (finetune: reward.force=true; reward check: --force)")
         warnings.warn(msg + " (forced)", stacklevel=2)
     return failures
 

@@ -69,8 +69,9 @@ def stage_bases(args: argparse.Namespace) -> None:
             record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.demos, seed=0))
             cell["record_s"] = time.time() - t0
         run = WORK / f"base_{task}"
-        recipe = load_recipe(ROOT / "policies" / "meanflow_lowdim.yaml",
-                             [*BASE_OVERRIDES, f"train.steps={args.base_steps}", f"train.ckpt_every={args.ckpt_every}"])
+        recipe = load_recipe(ROOT / "policies" / f"{args.base_recipe}.yaml",
+                             [*BASE_OVERRIDES, *args.base_set, f"train.steps={args.base_steps}",
+                              f"train.ckpt_every={args.ckpt_every}"])
         if not (run / "checkpoints" / "last" / "config.json").is_file() or \
                 json.loads((run / "checkpoints" / "last" / "extra.json").read_text()).get("step", 0) < args.base_steps:
             resume = (run / "trainer_state.pt").is_file()
@@ -100,7 +101,7 @@ def stage_bases(args: argparse.Namespace) -> None:
 
 def stage_reward(args: argparse.Namespace) -> None:
     """Per task, the dense reward's progress network: demonstrations and stalled attempts recorded with
-    one 64 px camera (a store of its own; the bases never see it), fitted, its held-out figures kept."""
+    one small camera (--reward-size) (a store of its own; the bases never see it), fitted, its held-out figures kept."""
     from robolearn.data.store import DemoStore
     from robolearn.record import RecordConfig, record
     from robolearn.rewards.progress_net import FitConfig, fit
@@ -115,12 +116,12 @@ def stage_reward(args: argparse.Namespace) -> None:
         t0 = time.time()
         if have < args.demos:
             record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.demos - have, seed=have,
-                                cameras=["agentview"], image_size=64))
+                                cameras=["agentview"], image_size=args.reward_size))
         if DemoStore.open(store).n_episodes < args.demos + args.failures:
             record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.failures, seed=100_000,
-                                cameras=["agentview"], image_size=64, perturb="stall"))
+                                cameras=["agentview"], image_size=args.reward_size, perturb="stall"))
         scores = fit(FitConfig(data=str(store), out=str(WORK / f"reward_{task}"), steps=args.reward_steps,
-                               camera="agentview", image_size=64), progress=False)
+                               camera="agentview", image_size=args.reward_size), progress=False)
         cell.update(scores={k: scores.get(k) for k in ("voc", "voc_reversed", "auroc", "n_success", "n_failure")},
                     seconds=time.time() - t0)
         save(res)
@@ -147,7 +148,7 @@ def stage_rl(args: argparse.Namespace) -> None:
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
                          f"env.n_envs={args.n_envs}", f"env.workers={args.workers}"]
             if reward == "dense":
-                overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true", "reward.image_size=64"]
+                overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true", f"reward.image_size={args.reward_size}"]
 
             def on_eval(row: dict[str, Any], key: str = key) -> None:
                 cell = res["rl"].setdefault(key, {"curve": []})
@@ -197,8 +198,14 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=20_000, help="env steps each cell advances in turn")
     ap.add_argument("--n-envs", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--base-recipe", default="meanflow_lowdim", help="recipe under policies/ for the bases")
+    ap.add_argument("--base-set", action="append", default=[], help="extra key=value override for the bases")
+    ap.add_argument("--reward-size", type=int, default=64, help="camera size (px) of the reward model")
+    ap.add_argument("--results", default=str(RESULTS), help="folder of bench_rl.json and rl_work/")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
+    global WORK, OUT
+    WORK, OUT = Path(args.results) / "rl_work", Path(args.results) / "bench_rl.json"
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.rewards = [t for t in args.rewards.split(",") if t]
     if args.report:

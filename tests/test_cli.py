@@ -84,11 +84,18 @@ def _frame_offset(shard, row: int) -> int:
 
 def test_quickstart_runs_the_pipeline(tmp_path):
     out = tmp_path / "qs"
+    rl = [f"--rl-set={kv}" for kv in ("env.max_steps=20", "env.n_envs=2", "env.workers=0", "learning_starts=20",
+                                      "critic_warmup=20", "batch_size=16", "actor.hidden=16", "critic.hidden=16")]
     res = run("quickstart", "--out", str(out), "--episodes", "3", "--train-steps", "4", "--eval-episodes", "2",
+              "--rl-steps", "40", "--failures", "2", "--reward-steps", "5", *rl,
               "train.batch_size=16", "policy.unet.down_dims=[16,32]")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["store_info"]["episodes"] == 3 and report["store_info"]["success"] == 3
+    # Reward and RL stages: base and base + residual on the same seeds, with the curve.
+    assert report["rl"]["env_steps"] == 40 and report["rl"]["curve"][0]["env_steps"] == 0
+    assert report["rl"]["base_success"] is not None and (out / "rl_curve.png").is_file()
+    assert (out / "reward" / "scores.json").is_file() and "base + residual" in (out / "report.md").read_text()
     assert report["train"]["steps"] == 4 and report["eval"]["episodes"] == 2
     assert (out / "report.md").is_file() and (out / "training_loss.png").is_file()
     assert (out / "eval" / "report.json").is_file()

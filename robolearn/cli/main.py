@@ -181,7 +181,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from robolearn.quickstart import quickstart
 
     quickstart(args.out, episodes=args.episodes, seed=args.seed, train_steps=args.train_steps,
-               eval_episodes=args.eval_episodes, overrides=args.overrides)
+               eval_episodes=args.eval_episodes, overrides=args.overrides, rl_steps=args.rl_steps,
+               failures=args.failures, reward_steps=args.reward_steps, rl_overrides=args.rl_set)
     return 0
 
 
@@ -539,10 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="run the simulated pipeline end to end on the CPU")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--episodes", type=int, default=100, help="expert demonstrations to record (default 100)")
+    q.add_argument("--episodes", type=int, default=20, help="expert demonstrations to record (default 20)")
     q.add_argument("--train-steps", type=int, default=None, help="override the recipe's training steps")
     q.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes (default 50)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--rl-steps", type=int, default=12000, help="residual RL env steps (0: stop after the base)")
+    q.add_argument("--failures", type=int, default=10, help="perturbed attempts recorded for the reward model")
+    q.add_argument("--reward-steps", type=int, default=1500, help="progress-network training steps")
+    q.add_argument("--rl-set", action="append", default=[], metavar="key=value",
+                   help="override of policies/residual_td3.yaml (repeatable)")
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     _add_reward_parser(sub)

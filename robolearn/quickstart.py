@@ -29,8 +29,8 @@ REWARD_SIZE = 64
 
 def quickstart(out: str | os.PathLike, episodes: int = 20, seed: int = 0, task: str = "lift",
                train_steps: int | None = None, eval_episodes: int = 50, recipe: str | os.PathLike = RECIPE,
-               overrides: list[str] | None = None, rl_steps: int = 12000, failures: int = 10,
-               reward_steps: int = 1500, rl_overrides: list[str] | None = None) -> dict:
+               overrides: list[str] | None = None, rl_steps: int = 5000, failures: int = 10,
+               reward_steps: int = 800, rl_overrides: list[str] | None = None) -> dict:
     from robolearn.eval import evaluate, write_report
     from robolearn.policies.train import load_recipe, train
     from robolearn.sim import load_task
@@ -74,8 +74,8 @@ def quickstart(out: str | os.PathLike, episodes: int = 20, seed: int = 0, task: 
     ev = evaluate(out / "run", task, episodes=eval_episodes, videos=2, out_dir=out / "eval")
     write_report([ev], out / "eval", name=f"quickstart {task}")
     timings["eval_s"] = time.perf_counter() - t0
-    rl = _reward_and_rl(out, task, store, seed, eval_episodes, rl_steps, failures, reward_steps, rl_overrides,
-                        timings, n_stages) if rl_steps else None
+    rl = _reward_and_rl(out, task, store, seed, ev["success_rate"], eval_episodes, rl_steps, failures, reward_steps,
+                        rl_overrides, timings, n_stages) if rl_steps else None
 
     plot = _plot_loss(out / "run" / "metrics.jsonl", out / "training_loss.png")
     report = {"task": task, "store": str(store), "store_info": store_info,
@@ -128,14 +128,16 @@ def _plot_loss(metrics: Path, path: Path) -> Path | None:
 
 
 def _rl_overrides(rl_steps: int, eval_episodes: int, extra: list[str] | None) -> list[str]:
-    # Evaluate about five times along the way, on the same seeds as the base's evaluation.
-    every = max(1000, rl_steps // 5)
-    return [f"eval.episodes={eval_episodes}", f"eval.every={every}", "learning_starts=500", "critic_warmup=2000",
-            "ckpt_every=2000", "reward.force=true", f"reward.image_size={REWARD_SIZE}", *(extra or [])]
+    # Evaluated halfway and at the end, on the base's evaluation seeds (evaluations cost as much as the
+    # learning here); smaller networks and batches than the benchmark recipe keep the updates cheap on 2 cores.
+    every = max(500, rl_steps // 2)
+    return [f"eval.episodes={eval_episodes}", f"eval.every={every}", "learning_starts=500", "critic_warmup=1500",
+            "ckpt_every=2500", "batch_size=128", "actor.hidden=128", "critic.hidden=128",
+            "reward.force=true", f"reward.image_size={REWARD_SIZE}", *(extra or [])]
 
 
-def _reward_and_rl(out: Path, task: str, store: Path, seed: int, eval_episodes: int, rl_steps: int, failures: int,
-                   reward_steps: int, rl_overrides: list[str] | None, timings: dict[str, float],
+def _reward_and_rl(out: Path, task: str, store: Path, seed: int, base_success: float, eval_episodes: int,
+                   rl_steps: int, failures: int, reward_steps: int, rl_overrides: list[str] | None, timings: dict[str, float],
                    n_stages: int) -> dict[str, Any]:
     """Failures on demand + the progress network, then residual RL with the dense reward."""
     from robolearn.rewards.progress_net import FitConfig, fit
@@ -157,7 +159,8 @@ def _reward_and_rl(out: Path, task: str, store: Path, seed: int, eval_episodes: 
     t0 = time.perf_counter()
     print(f"[5/{n_stages}] residual RL on the base: {rl_steps} env steps with the dense reward", flush=True)
     res = finetune(out / "run", f"sim:{task}", out / "rl", steps=rl_steps, reward=str(out / "reward"),
-                   overrides=_rl_overrides(rl_steps, eval_episodes, rl_overrides), progress=True)
+                   overrides=_rl_overrides(rl_steps, eval_episodes, rl_overrides), progress=True,
+                   base_success=base_success)
     timings["rl_s"] = time.perf_counter() - t0
     plot = _plot_curve(res["curve"], out / "rl_curve.png")
     return {**{k: v for k, v in res.items()}, "reward_scores": {k: scores.get(k) for k in ("voc", "auroc")},

@@ -544,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train-steps", type=int, default=None, help="override the recipe's training steps")
     q.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes (default 50)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--rl-steps", type=int, default=12000, help="residual RL env steps (0: stop after the base)")
+    q.add_argument("--rl-steps", type=int, default=5000, help="residual RL env steps (0: stop after the base)")
     q.add_argument("--failures", type=int, default=10, help="perturbed attempts recorded for the reward model")
-    q.add_argument("--reward-steps", type=int, default=1500, help="progress-network training steps")
+    q.add_argument("--reward-steps", type=int, default=800, help="progress-network training steps")
     q.add_argument("--rl-set", action="append", default=[], metavar="key=value",
                    help="override of policies/residual_td3.yaml (repeatable)")
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of policies/quickstart.yaml")

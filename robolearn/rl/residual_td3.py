@@ -291,10 +291,13 @@ def run_episodes(pool: Any, base: Any, keys: list[str], actor: Any, seeds: Seque
 
 def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps: int,
              reward: str | None = None, recipe: str | os.PathLike = "residual_td3", overrides: Sequence[str] = (),
-             progress: bool = True, on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             progress: bool = True, on_eval: Callable[[dict[str, Any]], None] | None = None,
+             base_success: float | None = None) -> dict[str, Any]:
     """Fine-tune a residual on base checkpoint ``policy`` for ``steps`` env steps into ``out``.
 
-    Resumes by itself when ``out`` holds a run's ``state.pt`` (same base and recipe)."""
+    ``base_success``: the base's success rate already measured on the evaluation seeds (``robolearn eval``
+    uses the same ones), which saves evaluating the base again. Resumes by itself when ``out`` holds a
+    run's ``state.pt`` (same base and recipe)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -377,6 +380,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     online = ReplayBuffer(cfg.buffer, obs_dim, adim)
     st = {"env_steps": 0, "updates": 0, "episodes": 0, "next_seed": TRAIN_SEED_BASE, "next_eval": 0,
           "curve": [], "base_success": None, "wall_s": 0.0}
+    if base_success is not None and st["base_success"] is None:
+        st["base_success"] = float(base_success)
     if resume:
         s = torch.load(state_path, map_location="cpu", weights_only=False)
         learner.load_state_dict(s["learner"])

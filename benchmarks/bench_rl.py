@@ -101,7 +101,8 @@ def stage_bases(args: argparse.Namespace) -> None:
 
 def stage_reward(args: argparse.Namespace) -> None:
     """Per task, the dense reward's progress network: demonstrations and stalled attempts recorded with
-    one small camera (--reward-size) (a store of its own; the bases never see it), fitted, its held-out figures kept."""
+    one small camera (``--reward-size``; a store of its own, the bases never see it), fitted, its held-out
+    figures kept."""
     from robolearn.data.store import DemoStore
     from robolearn.record import RecordConfig, record
     from robolearn.rewards.progress_net import FitConfig, fit
@@ -148,7 +149,8 @@ def stage_rl(args: argparse.Namespace) -> None:
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
                          f"env.n_envs={args.n_envs}", f"env.workers={args.workers}"]
             if reward == "dense":
-                overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true", f"reward.image_size={args.reward_size}"]
+                overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true",
+                              f"reward.image_size={args.reward_size}"]
 
             def on_eval(row: dict[str, Any], key: str = key) -> None:
                 cell = res["rl"].setdefault(key, {"curve": []})

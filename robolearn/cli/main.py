@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output directory")
     q.add_argument("--episodes", type=int, default=20, help="expert demonstrations to record (default 20)")
     q.add_argument("--train-steps", type=int, default=None, help="override the recipe's training steps")
-    q.add_argument("--eval-episodes", type=int, default=30, help="evaluation episodes, the same seeds before and after RL (default 30)")
+    q.add_argument("--eval-episodes", type=int, default=30,
+                   help="evaluation episodes, the same seeds before and after RL (default 30)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--rl-steps", type=int, default=4000, help="residual RL env steps (0: stop after the base)")
     q.add_argument("--failures", type=int, default=10, help="perturbed attempts recorded for the reward model")

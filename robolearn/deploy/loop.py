@@ -292,12 +292,18 @@ class DeployLoop:
         return max(0, math.ceil(self._ema_s / self.dt - 1e-9))
 
     def _check_obs(self, obs: Observation, now: float) -> None:
+        """A camera stream whose frame has not changed for ``stall_s`` (counted from the episode's start:
+        a recording may hand over an old frame first) stops the arm."""
         if self.virtual:
             return
         for s, sample in obs.items():
             if s == CONTROL_STREAM:
                 continue
-            age = now - sample.t_host
+            last = self._seen.get(s)
+            if last is None or last[0] != sample.t_host:
+                self._seen[s] = (sample.t_host, now)
+                continue
+            age = now - last[1]
             if age > self.cfg.stall_s:
                 raise DeployStop(f"camera {s} delivered no frame for {age:.2f} s (stall_s {self.cfg.stall_s:g}): "
                                  f"stalled or unplugged; arm stopped")
@@ -348,6 +354,7 @@ class DeployLoop:
         sched = Schedule(cfg.blend, cfg.ensemble_decay)
         hist = ObsHistory(self.features, self.n_obs_steps)
         obs = self.rig.reset(seed)
+        self._seen: dict[str, tuple[float, float]] = {}
         seed_used = getattr(self.rig, "last_seed", seed)
         gen = torch.Generator()
         gen.manual_seed(int(seed_used)) if seed_used is not None else gen.seed()
@@ -537,7 +544,7 @@ class DeployLoop:
             "inference_ms": [round(c.compute_ms, 3) for c in chunks],
             "round_trip_ms": [round(c.round_trip_ms, 3) for c in chunks],
             "backend": getattr(self.backend, "kind", "?"), "stop_reason": stop_reason, "discard": discard,
-            "clock": "virtual" if self.virtual else "wall",
+            "clock": "virtual" if self.virtual else "wall", "chunk_actions": self.horizon - self.n_obs_steps + 1,
         }
         episode = ep.build(seed_used, stopped=stop_reason is not None, info=info, tick_times=ticks)
         episode.success = success

@@ -120,8 +120,7 @@ def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: s
     from robolearn.data.schema import EpisodeInfo
 
     ep = dep.episode
-    n_act = dep.chunks[0].actions.shape[0] if dep.chunks else 1
-    _declare(store, rig, rig.action_feature.shape[0], n_act if dep.chunks else store_chunk_steps(store))
+    _declare(store, rig, rig.action_feature.shape[0], int(dep.info["chunk_actions"]))
     control = ep.control
     with store.begin_episode() as w:
         w.extend(CONTROL_STREAM, control["t_device"], control["t_host"],
@@ -139,17 +138,8 @@ def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: s
                      provenance={"source": "deploy"})
         info = EpisodeInfo(task=task or rig.task_text, success=bool(ep.success), source="policy", rig=rig.spec(),
                            fps=float(rig.control_hz), seed=ep.seed,
-                           notes={"policy": policy, **{k: v for k, v in dep.info.items()
-                                                       if k not in ("inference_ms", "round_trip_ms")},
-                                  "inference_ms": dep.info.get("inference_ms", []),
-                                  "round_trip_ms": dep.info.get("round_trip_ms", []),
-                                  "clocks": rig.clocks, **rig.episode_notes()})
+                           notes={**rig.episode_notes(), "clocks": rig.clocks, "policy": policy, **dep.info})
         return w.commit(info)
-
-
-def store_chunk_steps(store: Any) -> int:
-    spec = store.streams.get(POLICY_STREAM, {}).get("proposed_chunk")
-    return int(spec.shape[0]) if spec is not None else 1
 
 
 def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, seed: int | None = None,

@@ -55,8 +55,8 @@ class DelayedRig(Rig):
         self._timed: deque[tuple[float, Observation]] = deque()
         self._actions: deque[np.ndarray] = deque()
         if self.realtime and action_latency:
-            arm = getattr(rig, "arm", None)
-            if arm is None or not hasattr(arm, "set_action_latency") or getattr(arm.cfg, "type", "") != "twin":
+            arm_cfg = getattr(getattr(rig, "config", None), "arm", None)
+            if getattr(arm_cfg, "type", "") != "twin":
                 raise UserError(f"rig {rig.name}: action latency can be injected into the MuJoCo twin only "
                                 "(a real arm has its own; measure it with `robolearn calibrate latency`)")
 

@@ -162,10 +162,8 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
     summary = DeploySummary()
     try:
         rig = make_deploy_rig(rig_spec, info, cfg, overrides)
-        if hasattr(backend, "check_features"):
-            from robolearn.rollout import policy_features
-
-            backend.check_features(policy_features(info, rig))
+        if hasattr(backend, "check_features"):  # the server's half of the handshake, with every rig feature
+            backend.check_features({k: f for keys in rig.features.values() for k, f in keys.items()})
         if view:
             from robolearn.viz.live import make_view  # lazily: only with --view
 

@@ -42,8 +42,9 @@ def endpoint_of(port: int | None, bind: str | None = None) -> str:
 
 
 def serve(runner: PolicyRunner, endpoint: str, ready: Any = None, max_requests: int | None = None,
-          log: Any = None) -> int:
-    """Answer requests on ``endpoint`` until interrupted (or ``max_requests``); returns requests served.
+          log: Any = None, stop: Any = None) -> int:
+    """Answer requests on ``endpoint`` until interrupted, ``stop`` (a threading.Event) is set, or
+    ``max_requests`` inference requests; returns the inference requests served.
 
     ``ready`` (a callable) is called once the socket is bound (for tests and the local process mode)."""
     import zmq
@@ -62,6 +63,11 @@ def serve(runner: PolicyRunner, endpoint: str, ready: Any = None, max_requests: 
     served = 0
     try:
         while max_requests is None or served < max_requests:
+            if stop is not None:
+                if stop.is_set():
+                    break
+                if not sock.poll(100):
+                    continue
             frames = sock.recv_multipart()
             ident, body = frames[0], frames[1:]
             try:

@@ -157,7 +157,10 @@ class DelayedRig(Rig):
         # The newest observation at least obs_latency old, stamped when it is delivered (now).
         while len(self._timed) > 1 and self._timed[1][0] <= now - self.obs_latency:
             self._timed.popleft()
-        return self._restamp(self._timed[0][1], now)
+        # Shifted by the latency rather than stamped "now": a frame that stops changing keeps its stamps,
+        # so a stalled camera still shows as one.
+        return {st: Sample(x.values, x.t_device + self.obs_latency, x.t_host + self.obs_latency)
+                for st, x in self._timed[0][1].items()}
 
     def send_action(self, action: np.ndarray) -> StepResult:
         if self.realtime:

@@ -556,8 +556,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    import json
-
     from robolearn.deploy.inference import InferenceError
     from robolearn.deploy.loop import DeployConfig, DeployStop
     from robolearn.deploy.run import deploy

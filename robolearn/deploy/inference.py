@@ -205,7 +205,7 @@ class RemoteInference:
     kind = "server"
 
     def __init__(self, endpoint: str, timeout_s: float = 2.0, connect_timeout_s: float = 10.0) -> None:
-        import zmq
+        zmq = import_zmq()
 
         self.endpoint, self.timeout_s = endpoint, float(timeout_s)
         self._ctx = zmq.Context.instance()
@@ -260,6 +260,17 @@ class RemoteInference:
 
     def close(self) -> None:
         self._sock.close(0)
+
+
+def import_zmq() -> Any:
+    """pyzmq, or a one-line install hint."""
+    try:
+        import zmq
+    except ImportError:
+        from robolearn.errors import UserError
+
+        raise UserError("the policy server needs pyzmq: pip install 'robolearn[deploy]'") from None
+    return zmq
 
 
 def policy_features_from_info(info: Mapping[str, Any]) -> Any:

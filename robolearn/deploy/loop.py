@@ -350,7 +350,9 @@ class DeployLoop:
         limit = cfg.max_steps or self.rig.max_steps
         if limit is None:
             raise UserError(f"rig {self.rig.name} sets no episode limit; pass max_steps")
-        ep = EpisodeBuilder(limit, 0, None)
+        # A real rig's camera frames are not kept (deploy records the control and policy streams): holding
+        # every 640x480 RGB-D frame of an episode would take gigabytes.
+        ep = EpisodeBuilder(limit, 0, None if self.virtual else (CONTROL_STREAM,))
         sched = Schedule(cfg.blend, cfg.ensemble_decay)
         hist = ObsHistory(self.features, self.n_obs_steps)
         obs = self.rig.reset(seed)
@@ -484,7 +486,7 @@ class DeployLoop:
                     result = self.rig.send_action(action)
                     last_sent = action
                 trace.append(TickTrace(now, time.perf_counter(), o2c, got is None))
-                ep.add(obs, action, False, self.rig.new_samples() if not self.virtual else None)
+                ep.add(obs, action, False)
                 if self.view is not None:
                     self.view.log_tick(now, obs, action=action, scalars={
                         "lead_ticks": float(self._lead()), "held": float(got is None)})

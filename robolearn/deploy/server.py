@@ -47,8 +47,9 @@ def serve(runner: PolicyRunner, endpoint: str, ready: Any = None, max_requests: 
     ``max_requests`` inference requests; returns the inference requests served.
 
     ``ready`` (a callable) is called once the socket is bound (for tests and the local process mode)."""
-    import zmq
+    from robolearn.deploy.inference import import_zmq
 
+    zmq = import_zmq()
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -318,3 +318,25 @@ def test_latency_estimator_and_rig_file_update(tmp_path):
     cfg = load_rig_config(f)
     assert (cfg.latency.action_s, cfg.latency.camera_s) == (0.2345, 0.0)
     assert "# A whole rig" in f.read_text()  # comments kept
+
+
+def test_operator_keys_from_a_terminal():
+    """The operator's keys, typed into a real pseudo-terminal: pause, E-stop, success, quit."""
+    import pty
+    import time
+
+    from robolearn.deploy.loop import Operator
+
+    master, slave = pty.openpty()
+    op = Operator(slave)
+    try:
+        os.write(master, b"py \x1b")
+        deadline, got = time.monotonic() + 3.0, []
+        while time.monotonic() < deadline and len(got) < 4:
+            got += op.events()
+            time.sleep(0.02)
+        assert got == ["pause", "success", "estop", "quit"]
+    finally:
+        op.close()
+        os.close(master)
+        os.close(slave)

@@ -452,8 +452,8 @@ class DeployLoop:
                     last_request_step = step
                     self.backend.submit(req)
                     in_flight = meta
-                    if self.view is not None:
-                        self.view.log_chunk(now, "computing", np.zeros((0, self.action_dim), np.float32))
+                    if self.view is not None and known is not None:  # what the new chunk is held to
+                        self.view.log_chunk(now, "computing", known[weights > 0])
                     if self.virtual:  # the loop waits; virtual time moves by the inference time
                         reply = None
                         while reply is None:
@@ -488,7 +488,8 @@ class DeployLoop:
                 trace.append(TickTrace(now, time.perf_counter(), o2c, got is None))
                 ep.add(obs, action, False)
                 if self.view is not None:
-                    self.view.log_tick(now, obs, action=action, scalars={
+                    measured = obs[CONTROL_STREAM].values.get("robot0_eef_pos") if CONTROL_STREAM in obs else None
+                    self.view.log_tick(now, obs, action=action, measured=measured, scalars={
                         "lead_ticks": float(self._lead()), "held": float(got is None)})
                 ended = ep.after(result)
                 if self.virtual:

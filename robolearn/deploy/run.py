@@ -142,6 +142,20 @@ def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: s
         return w.commit(info)
 
 
+def _wait_for_start(op: Operator) -> bool:
+    """Between episodes on a real rig the arm holds until the operator presses enter (False: quit)."""
+    import time
+
+    print("robolearn deploy: enter starts the episode, esc quits", file=sys.stderr, flush=True)
+    while True:
+        evs = op.events()
+        if "quit" in evs or "estop" in evs:
+            return False
+        if "start" in evs:
+            return True
+        time.sleep(0.02)
+
+
 def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, seed: int | None = None,
            record: str | None = None, inference: str = "thread", overrides: list[str] | None = None,
            timeout_s: float = 2.0, threads: int | None = None, view: bool = False, operator: bool | None = None,
@@ -183,6 +197,8 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
             rig.config.arm.type == "twin"
         next_seed = (EVAL_SEED_BASE if seed is None else seed) if simulated else None
         for _ in range(episodes):
+            if op is not None and not _wait_for_start(op):
+                break
             try:
                 dep = loop.run_episode(next_seed)
             except DeployStop as e:

@@ -178,9 +178,11 @@ def eval_cell(policy: str, episodes: int, report: str | None) -> dict:
         report = str(out / "report.json")
     r = json.loads(Path(report).read_text())
     res = r["results"][0] if "results" in r else r
-    per = res.get("per_episode", [])
-    return {"policy": policy, "episodes": len(per) or res.get("episodes"),
-            "success_rate": res.get("success_rate"), "report": report}
+    per = sorted(res.get("per_episode", []), key=lambda e: e["seed"])
+    first = per[:episodes]  # the seeds deploy runs (the first `episodes` evaluation seeds)
+    return {"policy": policy, "episodes": res.get("episodes"), "success_rate": res.get("success_rate"),
+            f"success_rate_first_{episodes}_seeds": (sum(bool(e["success"]) for e in first) / len(first)
+                                                      if first else None), "report": report}
 
 
 def main() -> None:

@@ -125,7 +125,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
         backend, info, close = make_backend(str(ck), "process" if backend_kind == "process" else "thread",
                                             timeout_s=5.0, threads=threads)
     steps = int(seconds * hz)
-    cfg = DeployConfig(max_steps=steps, range_tolerance=10.0)
+    # A request every tick (whenever none is in flight): as many latency samples as the loop can take.
+    cfg = DeployConfig(max_steps=steps, range_tolerance=10.0, replan_every=1)
     cwd = os.getcwd()
     os.chdir(twin_dir())
     try:

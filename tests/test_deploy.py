@@ -340,3 +340,13 @@ def test_operator_keys_from_a_terminal():
         op.close()
         os.close(master)
         os.close(slave)
+
+
+def test_deploy_records_and_summarises(ckpt, tmp_path):
+    """`robolearn deploy`'s library function: episodes on the eval seeds, rollouts in the store."""
+    cfg = DeployConfig(max_steps=10, inject_obs_latency_s=0.1, inject_action_latency_s=0.06, blend="inpaint")
+    s = deploy("sim:lift", str(ckpt), cfg, episodes=2, record=str(tmp_path / "r.zarr"), threads=1)
+    assert s.episodes == 2 and [e["seed"] for e in s.per_episode] == SEEDS and s.late_dropped > 0
+    with DemoStore.open(tmp_path / "r.zarr") as store:
+        assert store.n_episodes == 2 and store.episode_info(1).notes["blend"] == "inpaint"
+        assert store.episode_info(0).notes["latency"]["injected"] == {"obs_s": 0.1, "action_s": 0.1}

@@ -106,7 +106,7 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
 
     from robolearn.deploy.inference import RemoteInference, policy_features_from_info
     from robolearn.deploy.loop import DeployConfig, DeployLoop
-    from robolearn.deploy.run import make_backend, make_deploy_rig
+    from robolearn.deploy.run import make_backend, make_deploy_rig, realtime_control
 
     torch.set_num_threads(threads)
     work = RESULTS / "bench_deploy_work"
@@ -134,7 +134,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
                               overrides=[f"control_hz={hz}", "max_episode_s=600", "arm.watchdog_s=2.0"])
         try:
             loop = DeployLoop(rig, backend, info, cfg)
-            dep = loop.run_episode(0)
+            with realtime_control(rig) as fifo:
+                dep = loop.run_episode(0)
         finally:
             rig.close()
     finally:
@@ -148,7 +149,7 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
     o2c = [t.obs_to_command_ms for t in dep.trace if t.obs_to_command_ms is not None]
     rt = [c.round_trip_ms for c in dep.chunks]
     comp = [c.compute_ms for c in dep.chunks]
-    return {"policy": name, "backend": backend_kind, "control_hz": hz, "ticks": int(dep.episode.steps),
+    return {"policy": name, "backend": backend_kind, "control_hz": hz, "sched_fifo": fifo, "ticks": int(dep.episode.steps),
             "chunks": len(dep.chunks), "threads": threads,
             "compute_ms_p50": pct(comp, 50), "round_trip_ms_p50": pct(rt, 50), "round_trip_ms_p99": pct(rt, 99),
             "obs_to_command_ms_p50": pct(o2c, 50), "obs_to_command_ms_p99": pct(o2c, 99),

@@ -624,8 +624,9 @@ def _add_deploy_parser(sub: Any) -> None:
                    help="inject action latency (s; sim rigs and the twin)")
     d.add_argument("--inference-ms", type=float, default=None,
                    help="sim rigs: count each policy call as this long (default: as measured)")
-    d.add_argument("--inference", default="thread", choices=["thread", "process"],
-                   help="where a local policy runs: a thread, or a server process of its own")
+    d.add_argument("--inference", default="auto", choices=["auto", "thread", "process"],
+                   help="where a local policy runs: a thread, or a server process of its own (auto: a process "
+                        "on real-time rigs, a thread in simulation)")
     d.add_argument("--replan-every", type=int, default=None, metavar="TICKS",
                    help="request a chunk at least this often (default: the policy's n_action_steps)")
     d.add_argument("--max-steps", type=int, default=None, help="episode limit in ticks (default: the rig's)")

@@ -249,15 +249,22 @@ def test_twin_server_latency_stall_and_server_loss(ckpt, twin_dir, tmp_path, mon
             period = np.diff(dep.episode.tick_times)
             assert np.median(period) == pytest.approx(0.05, abs=0.01)
             # Calibration on the same twin: the injected action delay comes back within one control period.
-            rig.reset(0)
-            rig.arm.set_action_latency(0.0)
-            base = measure_latency(rig.rig, seconds=3.0)
-            rig.arm.set_action_latency(0.15)
-            rig.reset(0)
-            late = measure_latency(rig.rig, seconds=3.0)
+            # The twin's world stands for a real arm's control box, which is real-time: under SCHED_FIFO the
+            # host's load (other tests, other jobs) does not vary the latency being measured.
+            world = rig.arm.info["world_pid"]
+            os.sched_setscheduler(world, os.SCHED_FIFO, os.sched_param(45))
+            try:
+                rig.reset(0)
+                rig.arm.set_action_latency(0.0)
+                base = measure_latency(rig.rig, seconds=3.0)
+                rig.arm.set_action_latency(0.15)
+                rig.reset(0)
+                late = measure_latency(rig.rig, seconds=3.0)
+            finally:
+                os.sched_setscheduler(world, os.SCHED_OTHER, os.sched_param(0))
             rig.arm.set_action_latency(0.06)
             assert late.action_s - base.action_s == pytest.approx(0.15, abs=0.05), (base, late)
-            assert late.action_correlation > 0.2 and base.camera_s == {"front": None, "wrist": None}
+            assert late.action_correlation > 0.5 and base.camera_s == {"front": None, "wrist": None}
 
             class Trigger:  # runs an action at a given tick, through the loop's view hook
                 def __init__(self, tick, fn):

@@ -40,6 +40,8 @@ class LatencyEstimate:
     samples: int = 0
     written: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The commanded and measured signals (times, positions on the excited axis), for plots and checks.
+    raw: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def excitation(t: np.ndarray, amplitude: float) -> np.ndarray:
@@ -152,6 +154,7 @@ def measure_latency(rig: Any, seconds: float = 6.0, amplitude: float = 0.03, axi
         time.sleep(0.002)
     est.samples = len(t_meas)
     tc, xc, tm, xm = map(np.asarray, (t_cmd, x_cmd, t_meas, x_meas))
+    est.raw = {"t_cmd": tc, "x_cmd": xc, "t_meas": tm, "x_meas": xm}
     if np.ptp(xm) < 0.2 * amplitude:
         raise UserError(f"rig {rig.name}: the arm moved {np.ptp(xm) * 1e3:.1f} mm for a {amplitude * 1e3:.0f} mm "
                         f"excitation; is it enabled and free to move?")

@@ -37,7 +37,10 @@ def endpoint_of(port: int | None, bind: str | None = None) -> str:
     if bind:
         return bind
     if port is None:
-        raise ValueError("give a port or a bind address")
+        from robolearn.errors import UserError
+
+        raise UserError("robolearn serve needs --port P (listens on every interface) or --bind ADDRESS "
+                        "(e.g. tcp://127.0.0.1:5555)")
     return f"tcp://*:{port}"
 
 

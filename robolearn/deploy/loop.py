@@ -368,7 +368,7 @@ class DeployLoop:
         in_flight: dict[str, Any] | None = None
         ready: list[tuple[float, Any, dict[str, Any]]] = []  # virtual clock: replies and when they land
         last_request_step = -(10**9)
-        next_id = 0
+        n_requests = 0  # this episode's: seeds the per-step noise of samplers that draw it (DDPM)
         last_sent: np.ndarray | None = None
         held = 0
         stop_reason: str | None = None
@@ -418,7 +418,7 @@ class DeployLoop:
                         merge(reply, req, now, step)
                 elif in_flight is not None:
                     reply = self.backend.poll()
-                    if reply is not None:
+                    if reply is not None and reply.id == in_flight["id"]:  # else a stale reply: dropped
                         merge(reply, in_flight, now, step)
                         in_flight = None
                 if self.virtual and not ready:
@@ -444,11 +444,13 @@ class DeployLoop:
                             w = overlap_weights(self.horizon, int(idx[0]), n_frozen, int(idx[-1] - idx[0] + 1),
                                                 cfg.inpaint_decay)
                             known, weights = acts, w * mask
-                    req = Request(next_id, req_obs, noise.astype(np.float32), seed=int(seed_used or 0) + next_id,
-                                  known=known, weights=weights)
-                    meta = {"t_obs": t_obs, "t_request": now, "t_request_wall": time.perf_counter(),
+                    # Request ids run on across episodes: a late reply to the last episode is told apart.
+                    self._next_id = getattr(self, "_next_id", 0) + 1
+                    req = Request(self._next_id, req_obs, noise.astype(np.float32),
+                                  seed=int(seed_used or 0) * 1000 + n_requests, known=known, weights=weights)
+                    n_requests += 1
+                    meta = {"id": req.id, "t_obs": t_obs, "t_request": now, "t_request_wall": time.perf_counter(),
                             "obs_wall": wall_obs}
-                    next_id += 1
                     last_request_step = step
                     self.backend.submit(req)
                     in_flight = meta
@@ -456,7 +458,7 @@ class DeployLoop:
                         self.view.log_chunk(now, "computing", known[weights > 0])
                     if self.virtual:  # the loop waits; virtual time moves by the inference time
                         reply = None
-                        while reply is None:
+                        while reply is None or reply.id != req.id:
                             reply = self.backend.poll(timeout=0.05)
                         dur = reply.round_trip_ms / 1e3 if cfg.inference_s is None else cfg.inference_s
                         if cfg.inference_s is None:

@@ -145,6 +145,23 @@ def test_blending_modes(backend, sim_rig):
     assert {r.info["blend"] for r in runs.values()} == {"none", "ensemble", "inpaint"}
 
 
+@pytest.mark.parametrize("kind", [{"type": "diffusion", "num_inference_steps": 4, "num_train_timesteps": 20},
+                                  {"type": "meanflow", "num_inference_steps": 1}], ids=["ddim", "meanflow"])
+def test_inpainting_keeps_the_frozen_overlap(kind, sim_rig, tmp_path):
+    """DDIM and one-step MeanFlow: the new chunk's actions due before it lands are the old chunk's."""
+    from eval_helpers import TINY_POLICY
+
+    ck = tiny_checkpoint(tmp_path / "ck", policy={**TINY_POLICY, **kind})
+    b, info, close = make_backend(str(ck))
+    try:
+        dep = _run(sim_rig, (b, info), DeployConfig(inference_s=0.05, max_steps=8, replan_every=3, blend="inpaint"))
+    finally:
+        close()
+    old, new = dep.chunks[0], dep.chunks[1]
+    np.testing.assert_allclose(new.actions[0], old.actions[round(new.t_obs / 0.05) - round(old.t_obs / 0.05)],
+                               atol=1e-5)
+
+
 def test_safety_stops_nan_and_out_of_range(ckpt, sim_rig, tmp_path):
     pol = load_policy(ckpt)
     with torch.no_grad():

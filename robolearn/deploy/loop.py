@@ -378,10 +378,10 @@ class DeployLoop:
         t_next = time.monotonic()
         new_chunk_pending: float | None = None  # wall time the newest merged chunk's observation was read
 
-        def merge(reply: Any, req: dict[str, Any], t_now: float, step: int) -> None:
+        def merge(reply: Any, req: dict[str, Any], t_now: float, slot: int) -> None:
             nonlocal new_chunk_pending
             first = self._slot(req["t_obs"], t0)
-            late = sched.merge(reply.id, first, reply.chunk, earliest=step + d_act)
+            late = sched.merge(reply.id, first, reply.chunk, earliest=slot + d_act)
             chunks.append(ChunkRecord(reply.id, req["t_obs"], req["t_request"], t_now, reply.chunk.copy(),
                                       reply.compute_ms, reply.round_trip_ms, late))
             took = (req["t_request_wall"], reply.round_trip_ms / 1e3)
@@ -405,6 +405,9 @@ class DeployLoop:
                         obs = self.rig.observe()
                 wall_obs = time.perf_counter()
                 now = self._now(step, t0)
+                # The timeline slot of this tick: its count in simulation; from the wall clock on a real rig,
+                # where a tick that overran its slot is skipped (the count would fall behind the time).
+                cur = step if self.virtual else self._slot(now, t0)
                 ticks.append(time.monotonic())
                 self._check_obs(obs, now if not self.virtual else 0.0)
                 hist.push(_policy_values(self.rig, obs, self.features))
@@ -415,19 +418,19 @@ class DeployLoop:
                 if self.virtual:
                     while ready and ready[0][0] <= now + 1e-9:
                         _, reply, req = ready.pop(0)
-                        merge(reply, req, now, step)
+                        merge(reply, req, now, cur)
                 elif in_flight is not None:
                     reply = self.backend.poll()
                     if reply is not None and reply.id == in_flight["id"]:  # else a stale reply: dropped
-                        merge(reply, in_flight, now, step)
+                        merge(reply, in_flight, now, cur)
                         in_flight = None
                 if self.virtual and not ready:
                     in_flight = None
-                sched.prune(step + d_act)
+                sched.prune(cur + d_act)
 
                 # 2. A new request when what is scheduled ahead covers no more than the round trip.
                 busy = in_flight is not None
-                if not busy and not self.paused and (sched.remaining(step + d_act) <= self._lead()
+                if not busy and not self.paused and (sched.remaining(cur + d_act) <= self._lead()
                                                      or step - last_request_step >= replan):
                     noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)[0].numpy()
                     req_obs = {k: v.numpy() for k, v in hist.tensors().items()}
@@ -439,7 +442,7 @@ class DeployLoop:
                         if k is not None:
                             mask, acts = k
                             idx = np.flatnonzero(mask)
-                            frozen_until = step + d_act + self._lead()  # due before the new chunk lands
+                            frozen_until = cur + d_act + self._lead()  # due before the new chunk lands
                             n_frozen = int(np.sum(first + idx < frozen_until))
                             w = overlap_weights(self.horizon, int(idx[0]), n_frozen, int(idx[-1] - idx[0] + 1),
                                                 cfg.inpaint_decay)
@@ -465,13 +468,13 @@ class DeployLoop:
                             self._ema_s = dur if self._ema_s is None else 0.7 * self._ema_s + 0.3 * dur
                         land = now + math.ceil(dur / self.dt - 1e-9) * self.dt
                         if land <= now + 1e-9:
-                            merge(reply, meta, now, step)
+                            merge(reply, meta, now, cur)
                             in_flight = None
                         else:
                             ready.append((land, reply, meta))
 
                 # 3. This tick's action: the one scheduled to act action_latency from now.
-                got = None if self.paused else sched.action(step + d_act)
+                got = None if self.paused else sched.action(cur + d_act)
                 if got is None:
                     action = self._noop(last_sent)
                     held += 1

@@ -334,6 +334,20 @@ def test_latency_estimator_and_rig_file_update(tmp_path):
     tm = np.arange(0, 6, 0.013)
     lag, r = estimate_lag(t, excitation(t, 0.03), tm, excitation(tm - 0.137, 0.03))
     assert lag == pytest.approx(0.137, abs=0.003) and r > 0.99
+    # Camera latency: images of a bar that moves with the arm 80 ms late; their motion lags the arm's speed.
+    from robolearn.deploy.calibrate import _frame_motion
+
+    ta = np.arange(0, 6, 0.01)
+    speed = np.abs(np.gradient(excitation(ta, 0.03), ta))
+    frames = []
+    for t in np.arange(0, 6, 1 / 30):
+        img = np.zeros((24, 200), np.uint8)
+        x = 100 + excitation(np.array([t - 0.08]), 0.03)[0] * 2000  # 60 px for 3 cm
+        img[:, int(x) - 5:int(x) + 5] = 255
+        frames.append((t, img))
+    ft, fe = _frame_motion(frames)
+    clag, cr = estimate_lag(ta, speed, ft, fe, max_lag=0.5, derivative=False)
+    assert clag == pytest.approx(0.08, abs=1 / 30) and cr > 0.5
     f = tmp_path / "rig.yaml"
     f.write_text((ROOT / "hardware" / "sim_twin.yaml").read_text())
     write_latency(f, 0.2345, None)

@@ -42,10 +42,12 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(ckpt):
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
     b, info, close = make_backend(str(ckpt))
     yield b, info
     close()
+    torch.set_num_threads(n)
 
 
 def _free_port() -> int:
@@ -249,7 +251,7 @@ def test_twin_server_latency_stall_and_server_loss(ckpt, twin_dir, tmp_path, mon
     line."""
     monkeypatch.chdir(twin_dir)
     proc, endpoint = _server(ckpt)
-    cfg = DeployConfig(max_steps=20, inject_obs_latency_s=0.1, inject_action_latency_s=0.06, stall_s=0.4)
+    cfg = DeployConfig(max_steps=20, inject_obs_latency_s=0.1, inject_action_latency_s=0.06, stall_s=1.0)
     try:
         remote = RemoteInference(endpoint, timeout_s=1.0, connect_timeout_s=60.0)
         from robolearn.deploy.inference import policy_features_from_info

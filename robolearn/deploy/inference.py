@@ -164,7 +164,8 @@ class LocalInference:
         # runs Python between torch kernels: 1 ms instead of the default 5 ms.
         import sys
 
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, 0.001))
         self._thread = threading.Thread(target=self._run, name="robolearn-inference", daemon=True)
         self._thread.start()
 
@@ -198,8 +199,11 @@ class LocalInference:
         return item
 
     def close(self) -> None:
+        import sys
+
         self._in.put(None)
         self._thread.join(5.0)
+        sys.setswitchinterval(self._switch)
 
 
 class RemoteInference:

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 extras=""
 lerobot=0
-[ "${1:-}" = "--test" ] && extras="[test,clip]" && lerobot=1
+[ "${1:-}" = "--test" ] && extras="[test,clip,deploy]" && lerobot=1
 [ "${1:-}" = "--lerobot" ] && lerobot=1
 
 # System libraries: Mesa EGL/OSMesa for headless MuJoCo rendering, libGL/glib for OpenCV,

@@ -548,7 +548,113 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reward_parser(sub)
     _add_rig_commands(_add_hardware_parser(sub))
     _add_finetune_parser(sub)
+    _add_deploy_parser(sub)
     return p
+
+
+# ---------------------------------------------------------------- deploy, serve, calibrate (robolearn/deploy)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from robolearn.deploy.inference import InferenceError
+    from robolearn.deploy.loop import DeployConfig, DeployStop
+    from robolearn.deploy.run import deploy
+
+    if args.inference_ms is not None and not args.rig.startswith("sim:"):
+        raise UserError("--inference-ms sets the simulated inference time of sim:<task> rigs only")
+    cfg = DeployConfig(blend=args.blend, compensate=not args.no_compensate, inject_obs_latency_s=args.obs_latency,
+                       inject_action_latency_s=args.action_latency, replan_every=args.replan_every,
+                       inference_s=None if args.inference_ms is None else args.inference_ms / 1e3,
+                       max_steps=args.max_steps, stall_s=args.stall_s)
+    try:
+        s = deploy(args.rig, args.policy, cfg, episodes=args.episodes, seed=args.seed, record=args.record,
+                   inference=args.inference, overrides=args.set, timeout_s=args.server_timeout, view=args.view,
+                   progress=lambda s: print(f"episode {s.episodes}: success {s.successes}/{s.episodes}",
+                                            file=sys.stderr, flush=True))
+    except (DeployStop, InferenceError) as e:
+        print(f"robolearn deploy: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    report = {"episodes": s.episodes, "successes": s.successes, "success_rate": s.success_rate,
+              "late_dropped": s.late_dropped, "held_ticks": s.held_ticks, "steps": s.steps,
+              "store_episodes": s.store_episodes, "per_episode": s.per_episode}
+    print(f"success {s.successes}/{s.episodes} ({s.success_rate:.2f}); late actions dropped {s.late_dropped}, "
+          f"ticks held {s.held_ticks} of {s.steps}" + (f"; recorded into {args.record}" if args.record else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from robolearn.deploy.server import endpoint_of, serve_policy
+
+    serve_policy(args.policy, endpoint_of(args.port, args.bind), device=args.device, threads=args.threads)
+    return 0
+
+
+def cmd_calibrate_latency(args: argparse.Namespace) -> int:
+    from robolearn.deploy.calibrate import calibrate_latency
+
+    est = calibrate_latency(args.rig, args.set, seconds=args.seconds, amplitude=args.amplitude,
+                            write=not args.dry_run)
+    print(f"action latency {est.action_s * 1e3:.1f} ms (correlation {est.action_correlation:.2f}, "
+          f"{est.samples} arm samples)")
+    for cam, v in est.camera_s.items():
+        print(f"camera {cam}: " + (f"{v * 1e3:.1f} ms" if v is not None else "not measured"))
+    for note in est.notes:
+        print(f"  {note}")
+    if est.written:
+        print(f"written into {est.written} (latency.action_s" + (", latency.camera_s" if any(
+            v is not None for v in est.camera_s.values()) else "") + ")")
+    return 0
+
+
+def _add_deploy_parser(sub: Any) -> None:
+    """``robolearn deploy``, ``serve`` and ``calibrate latency``: a trained policy on a rig."""
+    d = sub.add_parser("deploy", help="run a trained policy on a rig (async inference, latency compensation)")
+    d.add_argument("--rig", required=True, help="sim:<task> or a rig file hardware/<rig>.yaml")
+    d.add_argument("--policy", required=True, help="a run or checkpoint directory, or a policy server tcp://HOST:PORT")
+    d.add_argument("--episodes", type=int, default=1)
+    d.add_argument("--seed", type=int, default=None, help="first seed (sim and twin; default: the eval seeds)")
+    d.add_argument("--record", default=None, metavar="STORE", help="record the rollouts into this store")
+    d.add_argument("--blend", default="none", choices=["none", "ensemble", "inpaint"],
+                   help="overlapping chunks: replace, temporal ensembling, or inpainting of the overlap")
+    d.add_argument("--no-compensate", action="store_true", help="ignore the rig's latencies (for comparison)")
+    d.add_argument("--obs-latency", type=float, default=0.0, metavar="S", help="inject observation latency (s)")
+    d.add_argument("--action-latency", type=float, default=0.0, metavar="S",
+                   help="inject action latency (s; sim rigs and the twin)")
+    d.add_argument("--inference-ms", type=float, default=None,
+                   help="sim rigs: count each policy call as this long (default: as measured)")
+    d.add_argument("--inference", default="auto", choices=["auto", "thread", "process"],
+                   help="where a local policy runs: a thread, or a server process of its own (auto: a process "
+                        "on real-time rigs, a thread in simulation)")
+    d.add_argument("--replan-every", type=int, default=None, metavar="TICKS",
+                   help="request a chunk at least this often (default: the policy's n_action_steps)")
+    d.add_argument("--max-steps", type=int, default=None, help="episode limit in ticks (default: the rig's)")
+    d.add_argument("--stall-s", type=float, default=1.0, help="a camera silent this long stops the arm")
+    d.add_argument("--server-timeout", type=float, default=2.0, metavar="S",
+                   help="a policy server silent this long is gone: the arm stops")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting for this run")
+    d.add_argument("--view", action="store_true", help="live Rerun view of observations, actions and chunks")
+    d.add_argument("--json", default=None, metavar="FILE", help="write the summary as JSON")
+    d.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("serve", help="serve a policy over ZeroMQ for `deploy --policy tcp://HOST:PORT`")
+    s.add_argument("--policy", required=True, help="a run or checkpoint directory")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--bind", default=None, help="a ZeroMQ address instead of --port, e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("calibrate", help="measure a rig's latencies")
+    csub = c.add_subparsers(dest="calibrate_command", required=True, metavar="SUBCOMMAND")
+    cl = csub.add_parser("latency", help="action latency (commanded vs measured motion) and camera latency")
+    cl.add_argument("--rig", required=True, help="a rig file hardware/<rig>.yaml")
+    cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting for this run")
+    cl.add_argument("--seconds", type=float, default=6.0, help="length of the excitation (default 6)")
+    cl.add_argument("--amplitude", type=float, default=0.03, help="excitation amplitude in metres (default 0.03)")
+    cl.add_argument("--dry-run", action="store_true", help="measure only; leave the rig file as it is")
+    cl.set_defaults(func=cmd_calibrate_latency)
 
 
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)

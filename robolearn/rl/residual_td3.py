@@ -300,13 +300,13 @@ def _view_tick(live: Any, agent: Any, o: dict[str, np.ndarray], action: np.ndarr
     images = {k: v for k, v in o.items() if k.endswith("_image")}
     obs = {CONTROL_STREAM: Sample({k: v for k, v in o.items() if k not in images}, t, t)}
     obs |= {k[: -len("_image")]: Sample({k: v}, t, t) for k, v in images.items()}
-    if agent.chunk_count[0] != seen[0]:
-        seen[0] = agent.chunk_count[0]
-        live.log_chunk(t, "executing", agent.last_chunk[0])
     scalars = {"reward": reward, "success": float(success), "episode": float(episode)}
     if progress is not None:
         scalars["progress"] = progress
     live.log_tick(t, obs, action=np.asarray(action), scalars=scalars)
+    if agent.chunk_count[0] != seen[0]:  # after the tick: the view draws the chunk from this tick's eef
+        seen[0] = agent.chunk_count[0]
+        live.log_chunk(t, "executing", agent.last_chunk[0])
 
 
 def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps: int,

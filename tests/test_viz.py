@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rr = pytest.importorskip("rerun")
-
-from robolearn.cli.main import main  # noqa: E402
-from robolearn.data.schema import EpisodeInfo, KeySpec  # noqa: E402
-from robolearn.data.store import DemoStore  # noqa: E402
+from robolearn.cli.main import main
+from robolearn.data.schema import EpisodeInfo, KeySpec
+from robolearn.data.store import DemoStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 

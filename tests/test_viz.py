@@ -132,26 +132,32 @@ def test_record_with_a_live_view_on_the_sim_rig(tmp_path):
     rrd = Rrd(live)
     store = DemoStore.open(store_path)
     n = len(store.timestamps("control", 0))
-    # Every tick's command and measured state, every frame the loop saw (nothing dropped on an idle view).
-    assert rrd.rows("/live/action") == n == s.steps
-    np.testing.assert_allclose(np.array(rrd.col("/live/action", "Scalars:scalars")), store.read("action", 0), rtol=1e-6)
+    # The simulator runs faster than real time here, so the view may drop some ticks' views; what it
+    # logged is exactly what the loop sent at that tick and what the store keeps.
+    ticks = rrd.seq("/live/action", "tick")
+    assert s.steps == n and 0 < len(ticks) <= n and np.all(np.diff(ticks) > 0)
+    np.testing.assert_allclose(np.array(rrd.col("/live/action", "Scalars:scalars")), store.read("action", 0)[ticks - 1],
+                               rtol=1e-6)
     assert rrd.static["/live/action"]["SeriesLines:names"] == ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "grip"]
+    eef_ticks = rrd.seq("/live/control/robot0_eef_pos", "tick")
     np.testing.assert_allclose(np.array(rrd.col("/live/control/robot0_eef_pos", "Scalars:scalars")),
-                               store.read("robot0_eef_pos", 0), rtol=1e-6)
-    for key in ("agentview_image", "agentview_depth"):
-        assert rrd.rows(f"/live/agentview/{key}") == len(store.timestamps("agentview", 0))
-        np.testing.assert_array_equal(rrd.ns(f"/live/agentview/{key}", "t_device"),
-                                      _ns(store.timestamps("agentview", 0, "device")))
+                               store.read("robot0_eef_pos", 0)[eef_ticks - 1], rtol=1e-6)
+    t_store = _ns(store.timestamps("agentview", 0, "device"))
+    frames = store.read("agentview_image", 0)
+    t_live = rrd.ns("/live/agentview/agentview_image", "t_device")
+    assert len(t_live) > 0 and set(t_live) <= set(t_store)
+    for t, buf in zip(t_live, rrd.col("/live/agentview/agentview_image", "Image:buffer"), strict=True):
+        assert bytes(buf[0]) == frames[list(t_store).index(t)].tobytes()
+    np.testing.assert_array_equal(rrd.ns("/live/agentview/agentview_depth", "t_device"), t_live)
     scale = store.streams["agentview"]["agentview_depth"].depth_scale
     assert rrd.col("/live/agentview/agentview_depth", "DepthImage:meter")[0][0] == pytest.approx(1 / scale)
-    assert "/live/stats/dropped_views" in rrd.tables and "/live/control/sim_state" not in rrd.tables
+    assert "/live/control/sim_state" not in rrd.tables
     # The same store through `data view`: the recorded frames at the recorded times.
     assert main(["data", "view", str(store_path), "--save", str(tmp_path / "ep.rrd")]) == 0
     ep = Rrd(tmp_path / "ep.rrd")
-    np.testing.assert_array_equal(ep.ns("/episode_0/agentview/agentview_depth", "t_device"),
-                                  rrd.ns("/live/agentview/agentview_depth", "t_device"))
-    assert ep.col("/episode_0/agentview/agentview_image", "Image:buffer") == \
-        rrd.col("/live/agentview/agentview_image", "Image:buffer")
+    np.testing.assert_array_equal(ep.ns("/episode_0/agentview/agentview_depth", "t_device"), t_store)
+    assert [bytes(b[0]) for b in ep.col("/episode_0/agentview/agentview_image", "Image:buffer")] == \
+        [f.tobytes() for f in frames]
 
 
 def test_live_view_drops_views_not_ticks_when_it_falls_behind(tmp_path):

@@ -48,7 +48,13 @@ def open_sink(rec: Any, spec: str) -> str:
                 port = int(arg)
             except ValueError:
                 raise UserError(f"view {spec!r}: the port must be a number, e.g. serve:9090") from None
-        url = rec.serve_grpc()
+        import socket
+        from urllib.parse import quote
+
+        # Both servers listen on every interface; the page tells the browser where the data is, so it
+        # must name this machine as other machines see it, not 127.0.0.1.
+        host = socket.gethostname()
+        url = rec.serve_grpc().replace("127.0.0.1", host).replace("localhost", host)
         require_rerun().serve_web_viewer(web_port=port, open_browser=False, connect_to=url)
-        return f"Rerun's web viewer at http://<this host>:{port} (data on {url})"
+        return f"Rerun's web viewer: open http://{host}:{port}/?url={quote(url, safe='')} (or this machine's address)"
     raise UserError(f"unknown view {spec!r}: use spawn, save:FILE.rrd, serve or serve:PORT")

@@ -85,7 +85,11 @@ class LiveView:
         self.ticks = 0
         self._closed = False
         self._rings: dict[str, Any] = {}
+        self._checked: set[str] = set()
         self._last_dev: dict[str, float] = {}
+        for stream, feats in (features or {}).items():
+            if stream != CONTROL_STREAM and feats:
+                self._new_ring(stream, {k: (f.shape, f.dtype) for k, f in feats.items()})
 
     @property
     def logged_ticks(self) -> int:
@@ -111,18 +115,30 @@ class LiveView:
         if self._last_dev.get(stream) == sample.t_device:
             return None
         ring = self._rings.get(stream)
-        if ring is None:
-            from robolearn.hardware.shm import ShmRing
-
-            ring = ShmRing.create({k: (np.shape(v), np.asarray(v).dtype) for k, v in sample.values.items()},
-                                  self.ring_frames)
-            ring.blocking = True  # has_room() then tells whether the logging process has caught up
-            self._rings[stream] = ring
+        if ring is None or stream not in self._checked:
+            specs = {k: (tuple(np.shape(v)), np.asarray(v).dtype.name) for k, v in sample.values.items()}
+            if ring is None or {k: (s.shape, s.dtype) for k, s in ring.specs.items()} != specs:
+                ring = self._new_ring(stream, specs)
+            self._checked.add(stream)
         if not ring.has_room():
             self.dropped_views += 1
             return None
         self._last_dev[stream] = sample.t_device
         return ring.name, ring.write(sample.values, ring.count, sample.t_device, sample.t_host)
+
+    def _new_ring(self, stream: str, specs: Mapping[str, Any]) -> Any:
+        """A stream's ring, its pages touched now: first writes into fresh shared memory fault in every
+        page, milliseconds for a few 640x480 frames, which belong before the loop, not in a tick."""
+        from robolearn.hardware.shm import ShmRing
+
+        old = self._rings.pop(stream, None)
+        if old is not None:
+            old.close()
+        ring = ShmRing.create(specs, self.ring_frames)
+        ring.blocking = True  # has_room() then tells whether the logging process has caught up
+        np.frombuffer(ring._shm.buf, np.uint8)[ShmRing.nbytes_for({}, ring.capacity):] = 0  # noqa: SLF001
+        self._rings[stream] = ring
+        return ring
 
     def log_tick(self, t: float, obs: Mapping[str, Any] | None = None, *, action: np.ndarray | None = None,
                  measured: np.ndarray | None = None, scalars: Mapping[str, float] | None = None) -> None:

@@ -177,6 +177,37 @@ def test_live_view_drops_views_not_ticks_when_it_falls_behind(tmp_path):
     assert np.all(np.diff(logged) > 0) and logged[-1] <= 300  # in order; gaps are the dropped views
 
 
+def test_data_view_serves_the_web_viewer_until_interrupted(synth_store, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as a:  # a free port for the page; its data goes on the next one
+        a.bind(("127.0.0.1", 0))
+        port = a.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "robolearn", "data", "view", str(synth_store[0]), "--serve", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = ""
+        while "logged" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, proc.stderr.read()
+        assert f":{port}/?url=" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        with socket.create_connection(("127.0.0.1", port + 1), timeout=10):
+            pass  # the data server the page points at
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "episode 0:" in out
+    finally:
+        proc.kill()
+
+
 def test_missing_rerun_gives_one_line_with_the_install_command(synth_store, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rerun", None)  # what `import rerun` meets where it is not installed
     assert main(["data", "view", str(synth_store[0]), "--save", "x.rrd"]) == 2

@@ -27,7 +27,8 @@ def require_rerun() -> Any:
 
 def open_sink(rec: Any, spec: str) -> str:
     """Point a recording stream at its viewer: ``spawn`` (a local viewer), ``save:FILE.rrd``, or
-    ``serve`` / ``serve:PORT`` (Rerun's web viewer on PORT, for a machine without a display).
+    ``serve`` / ``serve:PORT`` (Rerun's web viewer on PORT, default 9090, its data on PORT + 1, default
+    9876; for a machine without a display).
     Returns a line saying where the data goes."""
     kind, _, arg = spec.partition(":")
     if kind == "spawn" and not arg:
@@ -42,19 +43,20 @@ def open_sink(rec: Any, spec: str) -> str:
         rec.save(arg)
         return arg
     if kind == "serve":
-        port = 9090
+        port, grpc_port = 9090, None  # Rerun's defaults: web 9090, data (gRPC) 9876
         if arg:
             try:
                 port = int(arg)
             except ValueError:
                 raise UserError(f"view {spec!r}: the port must be a number, e.g. serve:9090") from None
+            grpc_port = port + 1  # a chosen port moves both, so two servers on one machine do not collide
         import socket
         from urllib.parse import quote
 
         # Both servers listen on every interface; the page tells the browser where the data is, so it
         # must name this machine as other machines see it, not 127.0.0.1.
         host = socket.gethostname()
-        url = rec.serve_grpc().replace("127.0.0.1", host).replace("localhost", host)
+        url = rec.serve_grpc(grpc_port=grpc_port).replace("127.0.0.1", host).replace("localhost", host)
         require_rerun().serve_web_viewer(web_port=port, open_browser=False, connect_to=url)
         return f"Rerun's web viewer: open http://{host}:{port}/?url={quote(url, safe='')} (or this machine's address)"
     raise UserError(f"unknown view {spec!r}: use spawn, save:FILE.rrd, serve or serve:PORT")

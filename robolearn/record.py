@@ -470,8 +470,11 @@ class _Collector:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         try:
             if getattr(self, "view", None) is not None:
-                self.view.close()
-                self.view = None
+                view, self.view = self.view, None
+                view.close()
+                if self.cfg.status:
+                    print(f"live view ({view.where}): {view.logged_ticks} of {view.ticks} ticks logged, "
+                          f"{view.dropped_views} views dropped", file=sys.stderr, flush=True)
             self.teleop.disconnect()
         finally:
             self.rig.close()

@@ -22,6 +22,7 @@ computed (a tensor, and a 3-D end-effector path once an ``*eef_pos`` has been se
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import pickle
 import signal
@@ -105,8 +106,11 @@ class LiveView:
             return True
         except (BlockingIOError, InterruptedError):
             self.dropped_views += 1
-        except OSError:  # the logging process is gone: stop viewing, keep running
-            self._closed = True
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE:  # larger than the socket buffer: this view only
+                self.dropped_views += 1
+            else:  # the logging process is gone: stop viewing, keep running
+                self._closed = True
         return False
 
     def _frame(self, stream: str, sample: Any) -> tuple[str, int] | None:

@@ -35,8 +35,9 @@ class Rrd:
                 self.static.setdefault(c.entity_path, {}).update({n: b.column(n).to_pylist()[-1] for n in b.schema.names})
             else:
                 temporal[c.entity_path].append(b)
-        self.tables = {p: pa.Table.from_batches(bs).sort_by("rerun.controls.RowId") if len(bs) > 1 else
-                       pa.Table.from_batches(bs) for p, bs in temporal.items()}
+        # Chunks of one entity may carry different timelines (a row logged before any tick has none).
+        self.tables = {p: pa.concat_tables([pa.Table.from_batches([b]) for b in bs], promote_options="default")
+                       .sort_by("rerun.controls.RowId") for p, bs in temporal.items()}
 
     def rows(self, path: str) -> int:
         return self.tables[path].num_rows

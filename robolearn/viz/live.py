@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import socket
@@ -41,6 +42,7 @@ MAX_PLOT_DIMS = 32
 SKIP_KEYS = ("sim_state",)  # exact simulator states: kept to re-render images, not to be looked at
 DEFAULT_POS_SCALE = 0.05  # OSC_POSE: metres of end-effector target offset per unit of action
 START_TIMEOUT_S = 120.0
+NICE = 10  # the logging process's niceness
 
 
 def _td(t: float) -> Any:
@@ -199,6 +201,12 @@ class LiveView:
 def _run(spec: str, options: dict[str, Any], sock: socket.socket, logged: Any, conn: Any) -> None:
     """The logging process: open the sink, then log items until the None that ``close`` sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's; close() ends this process
+    try:
+        # Below every thread of the loop's process: a normal-priority thread of it that holds the GIL
+        # must never wait for a CPU behind the view (the real-time loop would wait on that GIL).
+        os.nice(NICE)
+    except OSError:
+        pass
     try:
         import ctypes
 

@@ -185,7 +185,7 @@ def twin_round(view_spec: str | None, seconds: float, work: Path, k: int) -> dic
     out = figures(s.tick_periods, 20.0)
     out["cpu_percent_of_a_core"] = round(100 * (time.process_time() - cpu0) / (time.monotonic() - t0), 1)
     out["frames"], out["dropped_frames"] = s.frames, s.dropped_frames
-    out["cpu_percent_by_process"] = bench_rig.ARM_STATS.get("cpu_percent")
+    out["servo_loop"] = {k: v for k, v in bench_rig.ARM_STATS.get("servo", {}).items() if k != "periods"}
     return out
 
 

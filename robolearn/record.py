@@ -338,7 +338,10 @@ class _Collector:
             from robolearn.viz.live import make_view
 
             try:
-                self.view = make_view(cfg.view, features=self.rig.features, action_names=self.rig.action_feature.names)
+                # A real rig's camera frames are in shared memory already: the view reads them there.
+                rings = {s: name for s, (name, _) in self.rig.rings().items()} if hasattr(self.rig, "rings") else None
+                self.view = make_view(cfg.view, features=self.rig.features, action_names=self.rig.action_feature.names,
+                                      camera_rings=rings)
             except BaseException:
                 try:
                     self.teleop.disconnect()
@@ -448,9 +451,6 @@ class _Collector:
         """``on_step`` that also hands the tick to the live view (which only queues it)."""
         view, rig = self.view, self.rig
         drops = getattr(rig, "dropped_frames", None)
-        t0 = getattr(self, "_view_t0", None)
-        if t0 is None:
-            t0 = self._view_t0 = time.monotonic()
         episode = self.n
 
         def step(i: int, obs: Any, action: Any, result: Any) -> None:
@@ -459,7 +459,8 @@ class _Collector:
                 scalars["success"] = float(result.success)
             if drops is not None and i % 10 == 0:  # counters read across processes: not every tick
                 scalars |= {f"dropped_frames/{s}": float(n) for s, n in drops().items()}
-            view.log_tick(time.monotonic() - t0, obs, action=action, scalars=scalars)
+            # The host's monotonic clock: a real rig's camera frames carry host times on it too.
+            view.log_tick(time.monotonic(), obs, action=action, scalars=scalars)
             if on_step is not None:
                 on_step(i, obs, action, result)
 

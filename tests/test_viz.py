@@ -209,6 +209,35 @@ def test_data_view_serves_the_web_viewer_until_interrupted(synth_store, tmp_path
         proc.kill()
 
 
+def test_live_view_reads_a_real_rigs_camera_ring_itself(tmp_path):
+    """A real rig's frames are in its cameras' shared-memory rings: the loop sends none, the view reads them."""
+    from robolearn.hardware.shm import ShmRing
+    from robolearn.rigs.base import Sample
+    from robolearn.viz.live import make_view
+
+    ring = ShmRing.create({"cam_image": ((48, 64, 3), "uint8"), "cam_depth": ((48, 64), "uint16")}, 16)
+    try:
+        view = make_view(f"save:{tmp_path / 'r.rrd'}", camera_rings={"cam": ring.name})
+        written = {}
+        for i in range(30):  # a camera at 3x the loop's rate
+            for j in range(3):
+                k = 3 * i + j
+                img = np.full((48, 64, 3), k, np.uint8)
+                ring.write({"cam_image": img, "cam_depth": np.full((48, 64), 7 * k, np.uint16)}, k, 100 + k / 60, k / 60)
+                written[_ns(100 + k / 60)] = img.tobytes()
+            view.log_tick(i / 20, {"cam": Sample({"cam_image": img}, 0.0, 0.0)}, action=np.zeros(2))
+            __import__("time").sleep(0.02)
+        view.close()
+    finally:
+        ring.close()
+    rrd = Rrd(tmp_path / "r.rrd")
+    t_dev = rrd.ns("/live/cam/cam_image", "t_device")
+    assert 0 < len(t_dev) <= 90 and set(t_dev) <= set(written)  # the newest frame whenever the view looked
+    for t, buf in zip(t_dev, rrd.col("/live/cam/cam_image", "Image:buffer"), strict=True):
+        assert bytes(buf[0]) == written[t]
+    assert rrd.rows("/live/action") == 30
+
+
 def test_missing_rerun_gives_one_line_with_the_install_command(synth_store, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rerun", None)  # what `import rerun` meets where it is not installed
     assert main(["data", "view", str(synth_store[0]), "--save", "x.rrd"]) == 2

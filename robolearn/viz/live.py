@@ -54,10 +54,14 @@ class LiveView:
 
     def __init__(self, spec: str, queue_size: int = 64, pos_scale: float | None = DEFAULT_POS_SCALE,
                  stats_every_s: float = 1.0, features: Mapping[str, Mapping[str, Any]] | None = None,
-                 action_names: Any = None, ring_frames: int = 4) -> None:
+                 action_names: Any = None, ring_frames: int = 4,
+                 camera_rings: Mapping[str, str] | None = None) -> None:
         # Units and names come from the rig's features: a Sample carries values and times only.
         keys = {k: f for stream in (features or {}).values() for k, f in stream.items()}
-        options = {"pos_scale": pos_scale, "stats_every_s": stats_every_s,
+        # Streams whose frames already live in shared memory (a real rig's camera rings): the logging
+        # process reads them there itself, and the loop sends none of their frames.
+        self._external = set(camera_rings or ())
+        options = {"pos_scale": pos_scale, "stats_every_s": stats_every_s, "camera_rings": dict(camera_rings or {}),
                    "depth_scale": {k: f.depth_scale for k, f in keys.items() if getattr(f, "depth_scale", None)},
                    "names": {**{k: tuple(f.names) for k, f in keys.items() if getattr(f, "names", None)},
                              "action": tuple(action_names) if action_names else None}}
@@ -91,7 +95,7 @@ class LiveView:
         self._checked: set[str] = set()
         self._last_dev: dict[str, float] = {}
         for stream, feats in (features or {}).items():
-            if stream != CONTROL_STREAM and feats:
+            if stream != CONTROL_STREAM and feats and stream not in self._external:
                 self._new_ring(stream, {k: (f.shape, f.dtype) for k, f in feats.items()})
 
     @property
@@ -157,7 +161,7 @@ class LiveView:
         for stream, sample in (obs or {}).items():
             if stream == CONTROL_STREAM:
                 control = {k: v for k, v in sample.values.items() if k not in SKIP_KEYS}
-            else:
+            elif stream not in self._external:
                 ref = self._frame(stream, sample)
                 if ref is not None:
                     frames[stream] = ref
@@ -227,7 +231,7 @@ def _run(spec: str, options: dict[str, Any], sock: socket.socket, logged: Any, c
     try:
         logger.drain(sock)
     finally:
-        for ring in logger.rings.values():
+        for ring in (*logger.rings.values(), *logger.cameras.values()):
             ring.close()
     rec.flush()
     if spec.startswith("serve"):  # the web viewer lives as long as this process: give it the data first
@@ -239,7 +243,7 @@ class _Logger:
     """Turns queued items into Rerun log calls (in the logging process)."""
 
     def __init__(self, rr: Any, rec: Any, logged: Any, pos_scale: float | None, stats_every_s: float,
-                 depth_scale: dict[str, float], names: dict[str, Any]) -> None:
+                 depth_scale: dict[str, float], names: dict[str, Any], camera_rings: dict[str, str]) -> None:
         self.rr, self.rec, self.logged = rr, rec, logged
         self.pos_scale, self.stats_every_s = pos_scale, stats_every_s
         self.depth_scale, self.names = depth_scale, names
@@ -248,12 +252,21 @@ class _Logger:
         self._named: set[str] = set()
         self._dropped = 0
         self.rings: dict[str, Any] = {}
+        self.cameras: dict[str, Any] = {}  # a real rig's camera rings, read here directly
+        self._camera_seen: dict[str, int] = {}
+        for stream, name in camera_rings.items():
+            from robolearn.hardware.shm import ShmRing
+
+            # The rings' creator is the loop's process, which spawned this one: attach as its child.
+            self.cameras[stream] = ShmRing.attach(name)
+            self._camera_seen[stream] = self.cameras[stream].count
 
     def drain(self, sock: socket.socket) -> None:
         rr, rec = self.rr, self.rec
         t_stats = time.monotonic()
         seen: dict[str, int] = {}
-        sock.settimeout(self.stats_every_s)
+        # With camera rings to watch, wake up often enough to follow a 30-60 fps camera.
+        sock.settimeout(0.01 if self.cameras else self.stats_every_s)
         while True:
             try:
                 data = sock.recv(1 << 22)
@@ -266,6 +279,8 @@ class _Logger:
             item = () if data == b"_" else pickle.loads(data)
             if item is None:
                 break
+            if self.cameras:
+                self._poll_cameras()
             try:
                 if item:
                     self._dropped = item[3]
@@ -282,6 +297,37 @@ class _Logger:
                     seen[stream] = n
                 rec.log("live/stats/dropped_views", rr.Scalars(float(self._dropped)))
                 t_stats = now
+
+    def _poll_cameras(self) -> None:
+        """The newest frame of each watched camera ring, when there is a new one (older ones are views
+        this process had no time for: skipped). Its ``t`` is its host time (the loop's clock)."""
+        for stream, ring in self.cameras.items():
+            n = ring.count
+            if n <= self._camera_seen[stream]:
+                continue
+            e = ring.latest(copy=True)
+            self._camera_seen[stream] = n
+            if e is None:
+                continue
+            self.rec.set_time("t", duration=_td(e.t_host))
+            self.rec.disable_timeline("tick")
+            self._log_frame(stream, e)
+
+    def _log_frame(self, stream: str, sample: Any) -> None:
+        rr, rec = self.rr, self.rec
+        self._frames[stream] = self._frames.get(stream, 0) + 1
+        rec.set_time("t_device", duration=_td(sample.t_device))
+        rec.set_time("t_host", duration=_td(sample.t_host))
+        for key, v in sample.values.items():
+            v = np.asarray(v)
+            if v.dtype == np.uint8 and v.ndim == 3:
+                rec.log(f"live/{stream}/{key}", rr.Image(v))
+            elif v.dtype == np.uint16 and v.ndim == 2:
+                rec.log(f"live/{stream}/{key}", rr.DepthImage(v, meter=1.0 / self.depth_scale.get(key, 0.001)))
+            else:
+                self._series(f"live/{stream}/{key}", v)
+        rec.disable_timeline("t_device")
+        rec.disable_timeline("t_host")
 
     def _series(self, path: str, values: Any, names: Any = None) -> None:
         v = np.asarray(values, np.float64).ravel()
@@ -315,19 +361,7 @@ class _Logger:
             ring.ack(index + 1)
             if sample is None:  # overwritten already (cannot happen while the loop waits for acks)
                 continue
-            self._frames[stream] = self._frames.get(stream, 0) + 1
-            rec.set_time("t_device", duration=_td(sample.t_device))
-            rec.set_time("t_host", duration=_td(sample.t_host))
-            for key, v in sample.values.items():
-                v = np.asarray(v)
-                if v.dtype == np.uint8 and v.ndim == 3:
-                    rec.log(f"live/{stream}/{key}", rr.Image(v))
-                elif v.dtype == np.uint16 and v.ndim == 2:
-                    rec.log(f"live/{stream}/{key}", rr.DepthImage(v, meter=1.0 / self.depth_scale.get(key, 0.001)))
-                else:
-                    self._series(f"live/{stream}/{key}", v)
-            rec.disable_timeline("t_device")
-            rec.disable_timeline("t_host")
+            self._log_frame(stream, sample)
         if action is not None:
             self._series("live/action", action, self.names.get("action"))
         if measured is not None:

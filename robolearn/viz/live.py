@@ -82,7 +82,11 @@ class LiveView:
         if not parent.poll(START_TIMEOUT_S):
             self._proc.kill()
             raise UserError(f"the live view ({spec}) did not start within {START_TIMEOUT_S:.0f} s")
-        ok, msg = parent.recv()
+        try:
+            ok, msg = parent.recv()
+        except EOFError:  # it died before it could say why
+            self._proc.join(5)
+            ok, msg = False, f"its process exited at start (exit code {self._proc.exitcode})"
         parent.close()
         if not ok:
             self._proc.join(5)
@@ -160,13 +164,14 @@ class LiveView:
         control, frames = None, {}
         for stream, sample in (obs or {}).items():
             if stream == CONTROL_STREAM:
-                control = {k: v for k, v in sample.values.items() if k not in SKIP_KEYS}
+                control = _pack({k: v for k, v in sample.values.items() if k not in SKIP_KEYS})
             elif stream not in self._external:
                 ref = self._frame(stream, sample)
                 if ref is not None:
                     frames[stream] = ref
-        self._send(("tick", self.ticks, float(t), self.dropped_views, control, frames, action, measured,
-                    dict(scalars) if scalars else None))
+        self._send(("tick", self.ticks, float(t), self.dropped_views, control, frames,
+                    None if action is None else _pack({"": action}), None if measured is None else _pack({"": measured}),
+                    {k: float(v) for k, v in scalars.items() if v is not None} if scalars else None))
 
     def log_chunk(self, t: float, name: str, chunk: np.ndarray) -> None:
         """An action chunk (steps, action dims): ``executing`` or ``computing``. Returns at once."""
@@ -346,7 +351,7 @@ class _Logger:
         rr, rec = self.rr, self.rec
         rec.set_time("tick", sequence=tick)
         rec.set_time("t", duration=_td(t))
-        for key, v in (control or {}).items():
+        for key, v in _unpack(control).items():
             self._series(f"live/control/{key}", v, self.names.get(key))
             if key.endswith("eef_pos") and np.shape(v) == (3,):
                 self._eef = np.asarray(v, np.float32)
@@ -363,9 +368,9 @@ class _Logger:
                 continue
             self._log_frame(stream, sample)
         if action is not None:
-            self._series("live/action", action, self.names.get("action"))
+            self._series("live/action", _unpack(action)[""], self.names.get("action"))
         if measured is not None:
-            self._series("live/measured", measured)
+            self._series("live/measured", _unpack(measured)[""])
         for name, value in (scalars or {}).items():
             if value is not None:
                 self._series(f"live/scalars/{name}", value)
@@ -379,6 +384,26 @@ class _Logger:
         rec.log(f"live/chunk/{name}", rr.Tensor(chunk, dim_names=("step", "action")))
         if self._eef is not None and self.pos_scale and chunk.ndim == 2 and chunk.shape[1] >= 3:
             rec.log(f"live/scene/chunk_{name}", rr.LineStrips3D([eef_path(self._eef, chunk, self.pos_scale)]))
+
+
+def _pack(values: Mapping[str, Any]) -> tuple:
+    """Small arrays as one float64 buffer plus their layout: pickling a dozen tiny NumPy arrays one by one
+    costs ~10 us each on the loop's side, one buffer a few."""
+    arrays = [np.asarray(v, np.float64) for v in values.values()]
+    buf = np.concatenate([a.ravel() for a in arrays]).tobytes() if arrays else b""
+    return tuple(values), tuple(a.shape for a in arrays), buf
+
+
+def _unpack(packed: tuple | None) -> dict[str, np.ndarray]:
+    if packed is None:
+        return {}
+    keys, shapes, buf = packed
+    flat, out, i = np.frombuffer(buf, np.float64), {}, 0
+    for k, shape in zip(keys, shapes, strict=True):
+        n = int(np.prod(shape, dtype=np.int64))
+        out[k] = flat[i:i + n].reshape(shape)
+        i += n
+    return out
 
 
 def eef_path(start: np.ndarray, chunk: np.ndarray, pos_scale: float) -> np.ndarray:

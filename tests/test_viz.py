@@ -238,6 +238,15 @@ def test_live_view_reads_a_real_rigs_camera_ring_itself(tmp_path):
     assert rrd.rows("/live/action") == 30
 
 
+def test_no_display_names_the_other_sinks(synth_store, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["data", "view", str(synth_store[0])]) == 2
+    err = capsys.readouterr().err
+    assert "no display" in err and "--save FILE.rrd" in err and "--serve" in err
+
+
 def test_missing_rerun_gives_one_line_with_the_install_command(synth_store, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "rerun", None)  # what `import rerun` meets where it is not installed
     assert main(["data", "view", str(synth_store[0]), "--save", "x.rrd"]) == 2

@@ -32,6 +32,12 @@ def open_sink(rec: Any, spec: str) -> str:
     Returns a line saying where the data goes."""
     kind, _, arg = spec.partition(":")
     if kind == "spawn" and not arg:
+        import os
+        import sys
+
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise UserError("no display to open the Rerun viewer on: save a file (--save FILE.rrd / --view "
+                            "save:FILE.rrd) or serve the web viewer (--serve [PORT] / --view serve[:PORT])")
         rec.spawn()
         return "the Rerun viewer (spawned)"
     if kind == "save":

@@ -174,14 +174,15 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
         if on_ready is not None:
             on_ready(where)
         if sink.startswith("serve"):
-            _serve_forever()
+            serve_forever()
         rec.disconnect()
         return summary
     finally:
         store.close()
 
 
-def _serve_forever() -> None:
+def serve_forever() -> None:
+    """Keep this process (and the servers it runs) alive until Ctrl-C."""
     import time
 
     try:

@@ -116,10 +116,10 @@ def introspect(policy: str | os.PathLike, task: str, seed: int = 0, samples: int
         ep = run_episode(rig, Introspecting(), seed=seed, max_steps=max_steps)
         rec.flush()
         if sink.startswith("serve"):
-            from robolearn.viz.episode import _serve_forever
+            from robolearn.viz.episode import serve_forever
 
             print(f"serving on {where}; Ctrl-C to stop", flush=True)
-            _serve_forever()
+            serve_forever()
         rec.disconnect()
     finally:
         rig.close()

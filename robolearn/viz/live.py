@@ -50,7 +50,10 @@ def _td(t: float) -> Any:
 
 
 class LiveView:
-    """A non-blocking handle on a logging process (see the module docstring). Build with :func:`make_view`."""
+    """A non-blocking handle on a logging process (see the module docstring). Build with :func:`make_view`.
+
+    ``log_tick`` belongs to the control loop's thread; ``log_chunk`` may also come from one other thread
+    (an inference thread computing the next chunk): each message is one atomic datagram."""
 
     def __init__(self, spec: str, queue_size: int = 64, pos_scale: float | None = DEFAULT_POS_SCALE,
                  stats_every_s: float = 1.0, features: Mapping[str, Mapping[str, Any]] | None = None,

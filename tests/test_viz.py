@@ -166,8 +166,9 @@ def test_live_view_drops_views_not_ticks_when_it_falls_behind(tmp_path):
     from robolearn.viz.live import make_view
 
     view = make_view(f"save:{tmp_path / 'v.rrd'}", queue_size=2)
-    frame = np.zeros((240, 320, 3), np.uint8)
-    for i in range(300):  # far faster than the thread logs 320x240 frames: the queue overflows
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 320:] = 200
+    for i in range(300):  # far faster than the view JPEG-encodes 640x480 frames: ring and socket overflow
         view.log_tick(i * 0.01, {"cam": Sample({"cam_image": frame}, i * 0.01, i * 0.01)}, action=np.full(2, i))
         view.log_chunk(i * 0.01, "executing", np.zeros((4, 2)))
     view.close()
@@ -176,6 +177,14 @@ def test_live_view_drops_views_not_ticks_when_it_falls_behind(tmp_path):
     logged = rrd.seq("/live/action", "tick")
     assert len(logged) == view.logged_ticks < 300
     assert np.all(np.diff(logged) > 0) and logged[-1] <= 300  # in order; gaps are the dropped views
+    # A live view's large camera images go as JPEG (depth and small images stay exact).
+    import io
+
+    from PIL import Image
+
+    blob = rrd.col("/live/cam/cam_image", "EncodedImage:blob")[0][0]
+    decoded = np.asarray(Image.open(io.BytesIO(bytes(blob))))
+    assert decoded.shape == frame.shape and np.abs(decoded.astype(int) - frame).mean() < 2
 
 
 def test_data_view_serves_the_web_viewer_until_interrupted(synth_store, tmp_path):

@@ -16,7 +16,8 @@ host time (a frame is logged once, when its device time changes); ``control/<key
 proprioception; ``action`` the command sent this tick; ``measured`` an explicitly measured arm state;
 ``scalars/<name>`` reward, progress and the like; ``chunk/<name>`` the action chunk being executed /
 computed (a tensor, and a 3-D end-effector path once an ``*eef_pos`` has been seen);
-``stats/<stream>/fps``, ``stats/dropped_views``. Timelines: ``t`` (the caller's clock, seconds),
+``stats/<stream>/fps``, ``stats/dropped_views``. Camera images larger than 320x240 are logged as JPEG
+(``image_quality``, 85; None keeps them raw); depth stays exact. Timelines: ``t`` (the caller's clock, seconds),
 ``tick`` (every ``log_tick`` call, kept or dropped), and per frame ``t_device`` / ``t_host``.
 """
 
@@ -43,6 +44,9 @@ SKIP_KEYS = ("sim_state",)  # exact simulator states: kept to re-render images, 
 DEFAULT_POS_SCALE = 0.05  # OSC_POSE: metres of end-effector target offset per unit of action
 START_TIMEOUT_S = 120.0
 NICE = 10  # the logging process's niceness
+# Live views JPEG-compress camera images above this size (a 640x480 RGB frame: 0.9 MB raw, ~60 KB as JPEG),
+# so a viewer across a network keeps up; smaller ones (simulated cameras) stay exact.
+COMPRESS_ABOVE_PIXELS = 320 * 240
 
 
 def _td(t: float) -> Any:
@@ -58,13 +62,14 @@ class LiveView:
     def __init__(self, spec: str, queue_size: int = 64, pos_scale: float | None = DEFAULT_POS_SCALE,
                  stats_every_s: float = 1.0, features: Mapping[str, Mapping[str, Any]] | None = None,
                  action_names: Any = None, ring_frames: int = 4,
-                 camera_rings: Mapping[str, str] | None = None) -> None:
+                 camera_rings: Mapping[str, str] | None = None, image_quality: int | None = 85) -> None:
         # Units and names come from the rig's features: a Sample carries values and times only.
         keys = {k: f for stream in (features or {}).values() for k, f in stream.items()}
         # Streams whose frames already live in shared memory (a real rig's camera rings): the logging
         # process reads them there itself, and the loop sends none of their frames.
         self._external = set(camera_rings or ())
         options = {"pos_scale": pos_scale, "stats_every_s": stats_every_s, "camera_rings": dict(camera_rings or {}),
+                   "image_quality": image_quality,
                    "depth_scale": {k: f.depth_scale for k, f in keys.items() if getattr(f, "depth_scale", None)},
                    "names": {**{k: tuple(f.names) for k, f in keys.items() if getattr(f, "names", None)},
                              "action": tuple(action_names) if action_names else None}}
@@ -251,7 +256,8 @@ class _Logger:
     """Turns queued items into Rerun log calls (in the logging process)."""
 
     def __init__(self, rr: Any, rec: Any, logged: Any, pos_scale: float | None, stats_every_s: float,
-                 depth_scale: dict[str, float], names: dict[str, Any], camera_rings: dict[str, str]) -> None:
+                 depth_scale: dict[str, float], names: dict[str, Any], camera_rings: dict[str, str],
+                 image_quality: int | None) -> None:
         self.rr, self.rec, self.logged = rr, rec, logged
         self.pos_scale, self.stats_every_s = pos_scale, stats_every_s
         self.depth_scale, self.names = depth_scale, names
@@ -259,6 +265,7 @@ class _Logger:
         self._eef: np.ndarray | None = None
         self._named: set[str] = set()
         self._dropped = 0
+        self.image_quality = image_quality
         self.rings: dict[str, Any] = {}
         self.cameras: dict[str, Any] = {}  # a real rig's camera rings, read here directly
         self._camera_seen: dict[str, int] = {}
@@ -329,7 +336,10 @@ class _Logger:
         for key, v in sample.values.items():
             v = np.asarray(v)
             if v.dtype == np.uint8 and v.ndim == 3:
-                rec.log(f"live/{stream}/{key}", rr.Image(v))
+                image = rr.Image(v)
+                if self.image_quality and v.shape[0] * v.shape[1] > COMPRESS_ABOVE_PIXELS:
+                    image = image.compress(jpeg_quality=self.image_quality)
+                rec.log(f"live/{stream}/{key}", image)
             elif v.dtype == np.uint16 and v.ndim == 2:
                 rec.log(f"live/{stream}/{key}", rr.DepthImage(v, meter=1.0 / self.depth_scale.get(key, 0.001)))
             else:

@@ -36,7 +36,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
         codec=args.codec, workers=args.workers, task=args.task, perturb=args.perturb, status=not args.quiet,
-        rig_overrides=args.set or (),
+        rig_overrides=args.set or (), view=args.view,
     )
     bars: list = []
     live = not cfg.is_sim  # a real rig shows its own status line; one line per episode here
@@ -129,6 +129,76 @@ def _add_interop_parsers(dsub: argparse._SubParsersAction) -> None:
     i.add_argument("--source", default="teleop", choices=["expert", "teleop", "policy", "rl"],
                    help="what the episodes are recorded as (default teleop)")
     i.set_defaults(func=cmd_data_import)
+
+
+# ------------------------------------------------------------------------------------------- viz (Rerun)
+
+
+def _view_sink(args: argparse.Namespace) -> str:
+    if args.save and args.serve is not None:
+        raise UsageError("give --save FILE.rrd or --serve [PORT], not both")
+    if args.save:
+        return f"save:{args.save}"
+    if args.serve is not None:
+        return f"serve:{args.serve}" if args.serve else "serve"
+    return "spawn"
+
+
+def cmd_data_view(args: argparse.Namespace) -> int:
+    from robolearn.viz.episode import view_store
+
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}")
+    eps = [e for text in args.episode or [] for e in _episodes(text) or []]
+    s = view_store(args.store, eps, _view_sink(args),
+                   on_ready=lambda where: print(f"logged {args.store} to {where}" +
+                                                ("; Ctrl-C to stop serving" if args.serve is not None else ""),
+                                                file=sys.stderr, flush=True))
+    for e, rows in s.rows.items():
+        print(f"episode {e}: " + ", ".join(f"{p.split('/', 1)[1]} {n}" for p, n in rows.items()))
+    return 0
+
+
+def cmd_introspect(args: argparse.Namespace) -> int:
+    from robolearn.viz.introspect import introspect
+
+    r = introspect(args.policy, args.task, seed=args.seed, samples=args.samples, sink=_view_sink(args),
+                   camera=args.camera, image_size=args.image_size, max_steps=args.max_steps)
+    print(f"{r['where']}: {r['steps']} steps, {r['chunks']} chunks x {args.samples} samples, success {r['success']}; "
+          f"sample spread (mean distance of sampled paths' ends) {r['spread_m'] * 100:.1f} cm")
+    return 0
+
+
+def _add_view_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--view", nargs="?", const="spawn", default=None, metavar="SPEC",
+                   help="stream a live view to Rerun: spawn (default), save:FILE.rrd, serve or serve:PORT "
+                        "(needs robolearn[viz])")
+
+
+def _add_sink_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save", default=None, metavar="FILE.rrd", help="write a Rerun file instead of opening the viewer")
+    p.add_argument("--serve", nargs="?", const="", default=None, metavar="PORT",
+                   help="serve Rerun's web viewer on PORT (default 9090) until Ctrl-C, for a machine without a display")
+
+
+def _add_view_parsers(sub: argparse._SubParsersAction, dsub: argparse._SubParsersAction) -> None:
+    """``robolearn data view`` (episodes in Rerun) and ``robolearn introspect`` (a policy's sampled chunks)."""
+    v = dsub.add_parser("view", help="show episodes in Rerun: cameras, depth, proprioception, actions, columns")
+    v.add_argument("store")
+    v.add_argument("--episode", nargs="+", default=None, metavar="N",
+                   help="episodes to show, e.g. 0 3 or 0-4 (default: the first)")
+    _add_sink_args(v)
+    v.set_defaults(func=cmd_data_view)
+    i = sub.add_parser("introspect", help="one sim episode of a policy in Rerun: sampled action chunks as 3-D paths")
+    i.add_argument("--policy", required=True, help="training run or checkpoint (diffusion/flow/MeanFlow)")
+    i.add_argument("--task", required=True, help="simulated task, e.g. lift")
+    i.add_argument("--seed", type=int, default=0, help="reset seed of the episode (default 0)")
+    i.add_argument("--samples", type=int, default=8, help="chunks sampled per chunk boundary (default 8)")
+    i.add_argument("--camera", default="agentview", help="camera shown beside the scene (default agentview; '' none)")
+    i.add_argument("--image-size", type=int, default=128, help="that camera's image size (default 128)")
+    i.add_argument("--max-steps", type=int, default=None, help="cap the episode (default: the task's horizon)")
+    _add_sink_args(i)
+    i.set_defaults(func=cmd_introspect)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -442,7 +512,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from robolearn.rl import finetune
 
     res = finetune(args.policy, args.rig, args.out, args.steps, reward=args.reward, recipe=args.recipe,
-                   overrides=args.overrides, progress=not args.quiet)
+                   overrides=args.overrides, progress=not args.quiet, view=args.view)
     curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
     print(f"{args.out}: {res['env_steps']} env steps, success {res['base_success']:.2f} (base) -> {res['success']:.2f} "
           f"(base + residual) on {res['curve'][-1]['episodes']} fixed seeds; curve {curve}; "
@@ -460,6 +530,7 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                                                   "default: sparse success")
     f.add_argument("--recipe", default="residual_td3", help="recipe name or path (policies/residual_td3.yaml)")
     f.add_argument("--quiet", action="store_true")
+    _add_view_flag(f)
     f.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. algo=sac utd=2")
     f.set_defaults(func=cmd_finetune)
 
@@ -493,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--perturb", default=None, choices=["noise", "early_release", "stall"],
                    help="perturb the expert so attempts fail (kept, counted by --episodes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_view_flag(r)
     r.set_defaults(func=cmd_record)
 
     d = sub.add_parser("data", help="inspect and check demonstration stores")
@@ -507,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also flag ticks where a camera stream has no frame this recent (a stalled camera)")
     dv.set_defaults(func=cmd_data_verify)
     _add_interop_parsers(dsub)
+    _add_view_parsers(sub, dsub)
 
     t = sub.add_parser("train", help="train a diffusion or flow policy on a store")
     t.add_argument("--recipe", required=True,

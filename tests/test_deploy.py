@@ -385,8 +385,19 @@ def test_operator_keys_from_a_terminal():
 def test_deploy_records_and_summarises(ckpt, tmp_path):
     """`robolearn deploy`'s library function: episodes on the eval seeds, rollouts in the store."""
     cfg = DeployConfig(max_steps=10, inject_obs_latency_s=0.1, inject_action_latency_s=0.06, blend="inpaint")
-    s = deploy("sim:lift", str(ckpt), cfg, episodes=2, record=str(tmp_path / "r.zarr"), threads=1)
+    live = tmp_path / "live.rrd"
+    s = deploy("sim:lift", str(ckpt), cfg, episodes=2, record=str(tmp_path / "r.zarr"), threads=1,
+               view=f"save:{live}")
     assert s.episodes == 2 and [e["seed"] for e in s.per_episode] == SEEDS and s.late_dropped > 0
     with DemoStore.open(tmp_path / "r.zarr") as store:
         assert store.n_episodes == 2 and store.episode_info(1).notes["blend"] == "inpaint"
         assert store.episode_info(0).notes["latency"]["injected"] == {"obs_s": 0.1, "action_s": 0.1}
+        executed = np.concatenate([store.read("action", i) for i in range(2)])
+    # --view: what the loop sent, tick by tick, and the chunks it executed, read back through Rerun.
+    from test_viz import Rrd
+
+    rrd = Rrd(live)
+    ticks = rrd.seq("/live/action", "tick")
+    assert 0 < len(ticks) <= len(executed) and np.all(np.diff(ticks) > 0)
+    np.testing.assert_allclose(np.array(rrd.col("/live/action", "Scalars:scalars")), executed[ticks - 1], rtol=1e-6)
+    assert rrd.rows("/live/chunk/executing") > 0

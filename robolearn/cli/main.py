@@ -707,7 +707,7 @@ def _add_deploy_parser(sub: Any) -> None:
     d.add_argument("--server-timeout", type=float, default=2.0, metavar="S",
                    help="a policy server silent this long is gone: the arm stops")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting for this run")
-    d.add_argument("--view", action="store_true", help="live Rerun view of observations, actions and chunks")
+    _add_view_flag(d)
     d.add_argument("--json", default=None, metavar="FILE", help="write the summary as JSON")
     d.set_defaults(func=cmd_deploy)
 

@@ -181,7 +181,7 @@ def _wait_for_start(op: Operator) -> bool:
 
 def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, seed: int | None = None,
            record: str | None = None, inference: str = "auto", overrides: list[str] | None = None,
-           timeout_s: float = 2.0, threads: int | None = None, view: bool = False, operator: bool | None = None,
+           timeout_s: float = 2.0, threads: int | None = None, view: str | None = None, operator: bool | None = None,
            progress: Callable[[DeploySummary], None] | None = None, task: str = "") -> DeploySummary:
     """Run ``episodes`` of ``policy`` (a run directory, or a server ``tcp://host:port``) on ``rig_spec``.
 
@@ -212,7 +212,10 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
         if view:
             from robolearn.viz.live import make_view  # lazily: only with --view
 
-            live_view = make_view({"rig": rig_spec, "policy": policy})
+            # A real rig's camera frames are in shared memory already: the view reads them there.
+            rings = {s: name for s, (name, _) in rig.rings().items()} if hasattr(rig, "rings") else None
+            live_view = make_view(view, features=rig.features, action_names=rig.action_feature.names,
+                                  camera_rings=rings)
         if operator is None:
             operator = bool(rig.realtime and sys.stdin.isatty())
         if operator:

@@ -157,7 +157,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
             "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "held_ticks": dep.info["held_ticks"]}
 
 
-def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float) -> dict:
+def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float,
+                 inference_s: float | None = None) -> dict:
     from robolearn.deploy.loop import DeployConfig
     from robolearn.deploy.run import deploy
 
@@ -165,11 +166,12 @@ def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s
     # so both sides execute the same actions (an under-trained policy overshoots a rotation now and then; on a
     # robot that is a safety stop, tested in tests/test_deploy.py).
     cfg = DeployConfig(blend=blend, compensate=compensate, inject_obs_latency_s=obs_s, inject_action_latency_s=act_s,
-                       range_tolerance=float("inf"))
+                       range_tolerance=float("inf"), inference_s=inference_s)
     t0 = time.perf_counter()
     s = deploy("sim:lift", policy, cfg, episodes=episodes, threads=1)
     return {"policy": policy, "episodes": s.episodes, "successes": s.successes, "success_rate": s.success_rate,
             "compensate": compensate, "blend": blend, "obs_latency_s": obs_s, "action_latency_s": act_s,
+            "inference_s": "measured" if inference_s is None else inference_s,
             "late_dropped": s.late_dropped, "held_ticks": s.held_ticks, "steps": s.steps,
             "seconds": time.perf_counter() - t0}
 
@@ -199,6 +201,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="one cell, e.g. latency/DDIM-16/process or jitter/DDIM-16/thread")
+    ap.add_argument("--inference-ms", type=float, default=None,
+                    help="stage success: count each inference as taking this long on the simulated clock "
+                         "(default: as measured, which on a loaded CPU mostly measures the load)")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -221,10 +226,12 @@ def main() -> None:
         if key not in done or args.force:
             save(key, eval_cell(args.policy, args.episodes, args.eval_report))
         for compensate, blend in ((True, "none"), (False, "none"), (True, "ensemble"), (True, "inpaint")):
-            key = f"success/{Path(args.policy).name}/obs0.1_act0.06/{'comp' if compensate else 'nocomp'}/{blend}"
+            inf = "" if args.inference_ms is None else f"/inference{args.inference_ms:g}ms"
+            key = f"success/{Path(args.policy).name}/obs0.1_act0.06{inf}/{'comp' if compensate else 'nocomp'}/{blend}"
             if key in done and not args.force:
                 continue
-            save(key, success_cell(args.policy, args.episodes, compensate, blend, 0.1, 0.06))
+            save(key, success_cell(args.policy, args.episodes, compensate, blend, 0.1, 0.06,
+                                   None if args.inference_ms is None else args.inference_ms / 1e3))
     data = load()
     print("\n| cell | figures |\n|---|---|")
     for k, v in data.items():

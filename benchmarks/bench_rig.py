@@ -110,6 +110,18 @@ def period_figures(periods: np.ndarray, hz: float) -> dict[str, float]:
             "jitter_ms_p99": round(float(np.percentile(jitter, 99)) * 1e3, 3)}
 
 
+def tick_figures(servo: dict[str, Any], n: int) -> dict[str, float] | None:
+    """The servo ticks' own work (wake-up to state published) and wake-up lateness, ms."""
+    if "work" not in servo:
+        return None
+    out = {}
+    for k in ("work", "late"):
+        x = np.asarray(servo[k][-n:], np.float64) * 1e3
+        out.update({f"{k}_p50": round(float(np.percentile(x, 50)), 3), f"{k}_p99": round(float(np.percentile(x, 99)), 3),
+                    f"{k}_max": round(float(x.max()), 3)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -166,7 +178,8 @@ def main() -> None:
         "frames": s.frames, "dropped_frames": s.dropped_frames, "store_verified": ok,
         "control_loop": period_figures(np.asarray(s.tick_periods), args.control_hz),
         "servo_loop": period_figures(periods[-int(args.seconds * args.servo_hz):], args.servo_hz) if len(periods) else None,
-        "servo_counters": {k: v for k, v in servo.items() if k != "periods"},
+        "servo_tick_ms": tick_figures(servo, int(args.seconds * args.servo_hz)),
+        "servo_counters": {k: v for k, v in servo.items() if k not in ("periods", "work", "late")},
         "cpu_percent_of_a_core": stats.get("cpu_percent"),
         "handoff_to_writer_ms": {"p50": round(float(np.percentile(handoff, 50)), 2),
                                  "p99": round(float(np.percentile(handoff, 99)), 2),
@@ -188,7 +201,7 @@ def main() -> None:
                 c.close()
         res["handoff_to_polling_consumer"] = {n: {k: v for k, v in r.items() if k.startswith(("handoff", "fps", "drop"))}
                                               for n, r in m["streams"].items()}
-    for k in ("frames", "dropped_frames", "control_loop", "servo_loop", "cpu_percent_of_a_core", "handoff_to_writer_ms",
+    for k in ("frames", "dropped_frames", "control_loop", "servo_loop", "servo_tick_ms", "cpu_percent_of_a_core", "handoff_to_writer_ms",
               "handoff_to_polling_consumer"):
         print(f"{k:28s} {res.get(k)}")
     print(f"load average before {res['load_average_before']}, after {res['load_average_after']}")

@@ -46,11 +46,11 @@ class _Puller(threading.Thread):
         self.handoff: list[float] = []  # per frame: taken out of the ring minus received by the camera (s)
         self.active = False
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
         try:
-            while not self._stop.wait(PULL_S):
+            while not self._done.wait(PULL_S):
                 with self.lock:
                     if self.active:
                         self.pull()
@@ -88,7 +88,7 @@ class _Puller(threading.Thread):
         return out
 
     def close(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(5.0)
 
 

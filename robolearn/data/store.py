@@ -50,11 +50,11 @@ from robolearn.data.schema import (
 
 RESERVED = ("t_device", "t_host", "ends")
 SHARD_FRAMES = 128  # frames per shard file: ~1 MB of 84x84 QOI frames, few files, cheap tail rewrites
-SHARD_RAW_BYTES = 16 << 20  # larger frames get fewer per shard: a camera's shard is buffered, then written once
+SHARD_RAW_BYTES = 32 << 20  # larger frames get fewer per shard: a camera's shard is buffered, then written once
 
 
 def _shard_frames(spec: KeySpec) -> int:
-    """Frames per shard: SHARD_FRAMES, fewer (a power of two, at least 8) for large frames (640x480 RGB: 16)."""
+    """Frames per shard: SHARD_FRAMES, fewer (a power of two, at least 8) for large frames (640x480 RGB: 32)."""
     frame = max(1, int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
     n = SHARD_FRAMES
     while n > 8 and n * frame > SHARD_RAW_BYTES:
@@ -499,7 +499,7 @@ class EpisodeWriter:
     def _flush_rows(self, stream: str, specs: Mapping[str, KeySpec]) -> int:
         """Rows to buffer before writing. Image streams write up to their next shard boundary, so that a
         shard file is written once rather than rewritten for every batch (a 640x480 camera's shard is
-        ~5 MB of QOI: rewriting it per batch multiplied the bytes written and their kernel time), unless
+        ~10 MB of QOI: rewriting it per batch multiplied the bytes written and their kernel time), unless
         that buffers more than FLUSH_IMAGE_BYTES; then every FLUSH_IMAGES rows."""
         images = [k for k, spec in specs.items() if spec.kind != "lowdim"]
         if not images:

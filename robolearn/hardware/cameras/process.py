@@ -81,6 +81,10 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
     # Ctrl-C reaches the whole process group; the consumer decides when its cameras stop (close()).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     retain_heap()  # the SDK hands over a new frame buffer per frame
+    try:  # a camera is a device: on a busy machine it must not lag behind its frame rate (root or CAP_SYS_NICE)
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+    except OSError:
+        pass
     ring = ShmRing.attach(ring_name)
     holder: list[Source] = []
     try:

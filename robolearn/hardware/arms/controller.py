@@ -75,8 +75,8 @@ def die_with_parent() -> None:
 
 
 def _realtime(priority: int) -> None:
-    """Run the servo loop under SCHED_FIFO where allowed; processes it starts (the twin's world) get
-    normal scheduling back (reset-on-fork)."""
+    """Run the servo loop under SCHED_FIFO where allowed; processes it starts get normal scheduling back
+    (reset-on-fork) unless they ask for their own (the twin's world: see TwinWorldConfig.rt_priority)."""
     if not priority or not hasattr(os, "SCHED_FIFO"):
         return
     try:

@@ -99,8 +99,11 @@ def _writer_main(path: str, codec: str, conn: Any, written: Any) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the recorder's; it tells this process what to do
     retain_heap()
-    try:  # keep up with the cameras on a busy machine (its ring holds ~2 s of frames); needs root or CAP_SYS_NICE
-        os.setpriority(os.PRIO_PROCESS, 0, -5)
+    # Keep up with the cameras on a busy machine: it needs ~half a core, more than any other process of
+    # a recording, and the real-time ones (servo loop, control loop, twin world) come first. Above the
+    # cameras (-5), which only copy frames. Needs root or CAP_SYS_NICE.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
     except OSError:
         pass
     from robolearn.data.store import DemoStore

@@ -17,7 +17,12 @@ into a store for ``--seconds`` (60 for the README) with a scripted operator repl
 - bytes stored, and the load average before and after (the machine is shared).
 
     flock /tmp/robolearn-heavy.lock python benchmarks/bench_rig.py --seconds 60
+    flock /tmp/robolearn-heavy.lock python benchmarks/bench_rig.py --seconds 60 --store-dir /dev/shm  # store in RAM
     python benchmarks/bench_rig.py --seconds 5   # a quick check
+
+Real-time figures need the machine's real-time scheduling (root or CAP_SYS_NICE: SCHED_FIFO, negative
+nice); do not run it under ``nice``. The store written to a disk delays SCHED_FIFO wake-ups on some
+kernels (preempt=none) by milliseconds: ``--store-dir /dev/shm`` separates that from the rig's own.
 """
 
 from __future__ import annotations

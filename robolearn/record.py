@@ -358,8 +358,11 @@ class _Collector:
             # full collection over those objects would stall a control tick for tens of milliseconds.
             import gc
 
+            from robolearn.hardware.shm import retain_heap
+
             gc.collect()
             gc.freeze()
+            retain_heap()  # each tick copies the latest frames: no fresh pages to fault in for them
 
     def _wait_for_start(self) -> bool:
         """Between episodes: the operator drives the rig (not recorded) until START (True) or QUIT."""

@@ -205,9 +205,9 @@ def run_episode(
             elif now - t_next > period:  # overran by more than a slot: skip ahead, no burst
                 t_next = now
             t_next += period
-            if step:  # observe at the start of the slot: the freshest state, not one a period old
-                obs = rig.observe()
-        ticks.append(time.monotonic())
+        ticks.append(time.monotonic())  # the tick starts when the loop wakes up, before it observes
+        if paced and step:  # observe at the start of the slot: the freshest state, not one a period old
+            obs = rig.observe()
         action, intervening = controller.act(obs)
         action = np.asarray(action, dtype=np.float32)
         ep.add(obs, action, intervening, rig.new_samples() if collect else None)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs robolearn and everything it needs on a fresh Debian/Ubuntu machine (Python >= 3.11).
 #   bash install.sh          # the package
-#   bash install.sh --test   # plus the test tools, the optional backends the tests cover, and lerobot
+#   bash install.sh --test   # plus the test tools, the optional backends the tests cover (clip, viz), and lerobot
 #   bash install.sh --lerobot  # the package plus lerobot, for `robolearn data export/import`
 set -euo pipefail
 cd "$(dirname "$0")"
 extras=""
 lerobot=0
-[ "${1:-}" = "--test" ] && extras="[test,clip]" && lerobot=1
+[ "${1:-}" = "--test" ] && extras="[test,clip,deploy,viz]" && lerobot=1
 [ "${1:-}" = "--lerobot" ] && lerobot=1
 
 # System libraries: Mesa EGL/OSMesa for headless MuJoCo rendering, libGL/glib for OpenCV,

@@ -7,14 +7,22 @@ into a store for ``--seconds`` (60 for the README) with a scripted operator repl
 
 - frames stored and dropped per camera (frame-number gaps + frames overwritten before stored);
 - the recorder's control loop (paced at the rig's control_hz): period p50 / p99 / max and its
-  jitter |period - nominal| p50 / p99;
-- the arm's servo loop (125 Hz, in the controller process): the same figures;
+  jitter |period - nominal| p50 / p99, ticks stamped when the loop wakes up; and how long the
+  observation at the start of each tick takes (the latest frames copied out of the rings);
+- the arm's servo loop (125 Hz, in the controller process): the same figures, and per tick its work
+  (wake-up to state published) and its wake-up lateness;
 - CPU % of a core per process: each camera, the arm controller, the twin world, the store writer,
   the recorder (control loop);
-- frame hand-off latency from the camera process (its ``t_host``) to the store writer, p50 / p99.
+- frame hand-off latency from the camera process (its ``t_host``) to the store writer, p50 / p99;
+- bytes stored, and the load average before and after (the machine is shared).
 
     flock /tmp/robolearn-heavy.lock python benchmarks/bench_rig.py --seconds 60
+    flock /tmp/robolearn-heavy.lock python benchmarks/bench_rig.py --seconds 60 --store-dir /dev/shm  # store in RAM
     python benchmarks/bench_rig.py --seconds 5   # a quick check
+
+Real-time figures need the machine's real-time scheduling (root or CAP_SYS_NICE: SCHED_FIFO, negative
+nice); do not run it under ``nice``. The store written to a disk delays SCHED_FIFO wake-ups on some
+kernels (preempt=none) by milliseconds: ``--store-dir /dev/shm`` separates that from the rig's own.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from robolearn.teleop.replay import ReplayTeleop  # noqa: E402
 _TICKS = os.sysconf("SC_CLK_TCK")
 PIDS: dict[str, int] = {}
 ARM_STATS: dict[str, Any] = {}
+OBSERVE_S: list[float] = []
 
 
 def cpu_seconds(pid: int) -> float:
@@ -71,6 +80,16 @@ class BenchOperator(ReplayTeleop):
         self.rig = rig
         PIDS.update({f"camera {n}": c.pid for n, c in rig.cameras.items()})
         PIDS["arm controller"] = rig.arm.pid
+        observe = rig.observe
+
+        def timed_observe():  # noqa: ANN202 - the control loop's own work at the start of a tick
+            t = time.perf_counter()
+            try:
+                return observe()
+            finally:
+                OBSERVE_S.append(time.perf_counter() - t)
+
+        rig.observe = timed_observe
         world = children(rig.arm.pid)
         if world:
             PIDS["twin world"] = world[0]
@@ -99,6 +118,11 @@ class BenchOperator(ReplayTeleop):
         return super().act(observation)
 
 
+def cpu_times() -> np.ndarray:
+    """The machine's CPU time so far by kind (/proc/stat): user, nice, system, idle, iowait, irq, softirq, steal."""
+    return np.array(Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9], np.float64)
+
+
 def period_figures(periods: np.ndarray, hz: float) -> dict[str, float]:
     p = np.asarray(periods, np.float64)
     jitter = np.abs(p - 1.0 / hz)
@@ -110,6 +134,18 @@ def period_figures(periods: np.ndarray, hz: float) -> dict[str, float]:
             "jitter_ms_p99": round(float(np.percentile(jitter, 99)) * 1e3, 3)}
 
 
+def tick_figures(servo: dict[str, Any], n: int) -> dict[str, float] | None:
+    """The servo ticks' own work (wake-up to state published) and wake-up lateness, ms."""
+    if "work" not in servo:
+        return None
+    out = {}
+    for k in ("work", "late"):
+        x = np.asarray(servo[k][-n:], np.float64) * 1e3
+        out.update({f"{k}_p50": round(float(np.percentile(x, 50)), 3), f"{k}_p99": round(float(np.percentile(x, 99)), 3),
+                    f"{k}_max": round(float(x.max()), 3)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -117,6 +153,9 @@ def main() -> None:
     ap.add_argument("--servo-hz", type=float, default=125.0)
     ap.add_argument("--handoff-seconds", type=float, default=10.0,
                     help="then the two cameras alone to a consumer polling every 0.5 ms (bench_cameras.measure)")
+    ap.add_argument("--codec", default="qoi", help="the store's RGB codec (qoi: lossless, jpeg: lossy, ~15x smaller)")
+    ap.add_argument("--store-dir", default=None,
+                    help="where the store (and recordings) go; default the temp dir. /dev/shm: in memory, no disk")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from robolearn.record import RecordConfig, record
@@ -124,7 +163,7 @@ def main() -> None:
 
     out = str(Path(args.out).resolve()) if args.out else None  # before the chdir below
     load = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench_rig_"))
+    work = Path(tempfile.mkdtemp(prefix="bench_rig_", dir=args.store_dir))
     os.chdir(work)
     make_playback("hardware/sim_twin.yaml", frames=90)
     steps = int(round(args.seconds * args.control_hz))
@@ -140,15 +179,15 @@ def main() -> None:
             w.commit(EpisodeInfo(task="bench", source="teleop"))
     os.environ["BENCH_RIG_DEMO"] = str(work / "demo.zarr")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    cfg = RecordConfig(rig="hardware/sim_twin.yaml", out=str(work / "bench.zarr"), episodes=1, keep_failures=True,
+    cfg = RecordConfig(rig="hardware/sim_twin.yaml", out=str(work / "bench.zarr"), episodes=1, keep_failures=True, codec=args.codec,
                        teleop="bench_rig:BenchOperator", status=False,
                        rig_overrides=[f"control_hz={args.control_hz}", f"arm.servo_hz={args.servo_hz}",
                                       f"max_episode_s={args.seconds + 5}"])
     print(f"recording {args.seconds:.0f} s on sim_twin: 2 x 640x480 RGB-D at 30 fps + twin arm at "
           f"{args.servo_hz:g} Hz (load average before: {load[0]:.2f}) ...", flush=True)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_times()
     s = record(cfg)
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_times() - cpu0
     import bench_rig  # the operator ran as this module imported by name, with its own globals
 
     stats = bench_rig.ARM_STATS
@@ -156,21 +195,30 @@ def main() -> None:
         raise SystemExit(f"recording failed: {s.error}")
     from robolearn.data.inspect import verify
 
+    np.save("/tmp/hwrig/late.npy", np.asarray(stats.get("servo", {}).get("late", [])))
+    np.save("/tmp/hwrig/ticks.npy", np.asarray(s.tick_periods))
     ok = verify(cfg.out).ok
     servo = stats.get("servo", {})
     periods = np.asarray(servo.get("periods", []), np.float64)
     handoff = np.asarray(s.handoff_s) * 1e3
     res = {
         "machine": machine(), "load_average_before": [round(x, 2) for x in load],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()], "seconds": args.seconds, "wall_s": round(wall, 1),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "seconds": args.seconds, "codec": args.codec,
+        "store_dir": str(work.parent), "wall_s": round(wall, 1),
         "frames": s.frames, "dropped_frames": s.dropped_frames, "store_verified": ok,
         "control_loop": period_figures(np.asarray(s.tick_periods), args.control_hz),
+        "control_observe_ms": {f"p{q}": round(float(np.percentile(bench_rig.OBSERVE_S, q)) * 1e3, 3) for q in (50, 99, 100)}
+        if bench_rig.OBSERVE_S else None,
         "servo_loop": period_figures(periods[-int(args.seconds * args.servo_hz):], args.servo_hz) if len(periods) else None,
-        "servo_counters": {k: v for k, v in servo.items() if k != "periods"},
+        "servo_tick_ms": tick_figures(servo, int(args.seconds * args.servo_hz)),
+        "servo_counters": {k: v for k, v in servo.items() if k not in ("periods", "work", "late")},
         "cpu_percent_of_a_core": stats.get("cpu_percent"),
         "handoff_to_writer_ms": {"p50": round(float(np.percentile(handoff, 50)), 2),
                                  "p99": round(float(np.percentile(handoff, 99)), 2),
                                  "max": round(float(handoff.max()), 2)} if len(handoff) else None,
+        # Time the hypervisor ran something else on this machine's virtual CPUs (a virtual machine), and
+        # time waiting for the disk, as % of all CPU time during the recording.
+        "cpu_steal_percent": round(100 * cpu[7] / cpu.sum(), 2), "cpu_iowait_percent": round(100 * cpu[4] / cpu.sum(), 2),
         "store_mb": round(DemoStore.open(cfg.out).size_on_disk() / 1e6, 1),
     }
     if args.handoff_seconds > 0:
@@ -188,7 +236,8 @@ def main() -> None:
                 c.close()
         res["handoff_to_polling_consumer"] = {n: {k: v for k, v in r.items() if k.startswith(("handoff", "fps", "drop"))}
                                               for n, r in m["streams"].items()}
-    for k in ("frames", "dropped_frames", "control_loop", "servo_loop", "cpu_percent_of_a_core", "handoff_to_writer_ms",
+    for k in ("frames", "dropped_frames", "control_loop", "control_observe_ms", "servo_loop", "servo_tick_ms",
+              "cpu_percent_of_a_core", "cpu_steal_percent", "cpu_iowait_percent", "store_mb", "handoff_to_writer_ms",
               "handoff_to_polling_consumer"):
         print(f"{k:28s} {res.get(k)}")
     print(f"load average before {res['load_average_before']}, after {res['load_average_after']}")

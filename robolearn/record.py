@@ -68,6 +68,9 @@ class RecordConfig:
     # A live status line on stderr for real-time rigs (episode, rate and drops per stream).
     status: bool = True
     rig_overrides: Sequence[str] = ()  # key=value changes to a rig file (e.g. teleop.path=/dev/hidraw3)
+    # A live Rerun view of the loop (robolearn.viz.live): spawn, save:FILE.rrd, serve[:PORT]; None: no view.
+    # With a view, attempts run in this process and a simulator renders its cameras online (to show them).
+    view: str | None = None
 
     def __post_init__(self) -> None:
         if self.rig_overrides and self.is_sim:
@@ -98,7 +101,7 @@ class RecordConfig:
         if not self.is_sim:
             return {"overrides": tuple(self.rig_overrides)} if self.rig_overrides else {}
         return {"cameras": tuple(self.cameras), "image_size": self.image_size, "depth": self.depth,
-                "defer_cameras": True, "seed": self.seed}
+                "defer_cameras": self.view is None, "seed": self.seed}
 
 
 @dataclass
@@ -330,6 +333,21 @@ class _Collector:
             self.rig.close()
             raise
         self.operator = _Operator(self.teleop)
+        self.view = None
+        if cfg.view is not None:
+            from robolearn.viz.live import make_view
+
+            try:
+                # A real rig's camera frames are in shared memory already: the view reads them there.
+                rings = {s: name for s, (name, _) in self.rig.rings().items()} if hasattr(self.rig, "rings") else None
+                self.view = make_view(cfg.view, features=self.rig.features, action_names=self.rig.action_feature.names,
+                                      camera_rings=rings)
+            except BaseException:
+                try:
+                    self.teleop.disconnect()
+                finally:
+                    self.rig.close()
+                raise
         self.status = _Status(cfg.status and self.rig.realtime)
         self.n = 0  # attempts begun
         # After every device process and reader thread has started: they keep normal scheduling.
@@ -340,8 +358,11 @@ class _Collector:
             # full collection over those objects would stall a control tick for tens of milliseconds.
             import gc
 
+            from robolearn.hardware.shm import retain_heap
+
             gc.collect()
             gc.freeze()
+            retain_heap()  # each tick copies the latest frames: no fresh pages to fault in for them
 
     def _wait_for_start(self) -> bool:
         """Between episodes: the operator drives the rig (not recorded) until START (True) or QUIT."""
@@ -397,6 +418,8 @@ class _Collector:
                 written = live.written()
                 behind = sum(n - starts[s] - written.get(s, 0) for s, n in rig.ring_counts().items())
                 self.status.episode(self.n, self.status.t0, {"control": step + 1, **written}, drops(), behind)
+        if self.view is not None:
+            on_step = self._viewed(on_step)
         begun = False
         try:
             # A human drives in real time, also in simulation: the loop is paced at the rig's rate then.
@@ -427,10 +450,35 @@ class _Collector:
         return Attempt(ep, deferred, features, rig.action_feature, notes, rig.clocks, rig.task_text,
                        rig.control_hz, keep, success, t1 - t0, time.perf_counter() - t1, end)
 
+    def _viewed(self, on_step: Callable | None) -> Callable:
+        """``on_step`` that also hands the tick to the live view (which only queues it)."""
+        view, rig = self.view, self.rig
+        drops = getattr(rig, "dropped_frames", None)
+        episode = self.n
+
+        def step(i: int, obs: Any, action: Any, result: Any) -> None:
+            scalars: dict[str, float] = {"episode": float(episode)}
+            if result.success is not None:
+                scalars["success"] = float(result.success)
+            if drops is not None and i % 10 == 0:  # counters read across processes: not every tick
+                scalars |= {f"dropped_frames/{s}": float(n) for s, n in drops().items()}
+            # The host's monotonic clock: a real rig's camera frames carry host times on it too.
+            view.log_tick(time.monotonic(), obs, action=action, scalars=scalars)
+            if on_step is not None:
+                on_step(i, obs, action, result)
+
+        return step
+
     def close(self) -> None:
         if self._rt:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         try:
+            if getattr(self, "view", None) is not None:
+                view, self.view = self.view, None
+                view.close()
+                if self.cfg.status:
+                    print(f"live view ({view.where}): {view.logged_ticks} of {view.ticks} ticks logged, "
+                          f"{view.dropped_views} views dropped", file=sys.stderr, flush=True)
             self.teleop.disconnect()
         finally:
             self.rig.close()
@@ -527,7 +575,8 @@ def record(cfg: RecordConfig, progress: Callable[[RecordSummary], None] | None =
     summary = RecordSummary(out=str(cfg.out))
     max_attempts = cfg.max_attempts or 3 * cfg.episodes + 20
     workers = cfg.workers or min(os.cpu_count() or 1, 4)
-    parallel = rig_class(cfg.rig).supports_parallel_attempts and cfg.teleop not in HUMAN_DEVICES
+    parallel = (rig_class(cfg.rig).supports_parallel_attempts and cfg.teleop not in HUMAN_DEVICES
+                and cfg.view is None)  # the view shows the attempts this process runs
     workers = max(1, min(workers, max_attempts)) if parallel else 1
     t_start = time.perf_counter()
 

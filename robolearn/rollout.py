@@ -205,9 +205,9 @@ def run_episode(
             elif now - t_next > period:  # overran by more than a slot: skip ahead, no burst
                 t_next = now
             t_next += period
-            if step:  # observe at the start of the slot: the freshest state, not one a period old
-                obs = rig.observe()
-        ticks.append(time.monotonic())
+        ticks.append(time.monotonic())  # the tick starts when the loop wakes up, before it observes
+        if paced and step:  # observe at the start of the slot: the freshest state, not one a period old
+            obs = rig.observe()
         action, intervening = controller.act(obs)
         action = np.asarray(action, dtype=np.float32)
         ep.add(obs, action, intervening, rig.new_samples() if collect else None)
@@ -336,6 +336,9 @@ class PolicyAgent:
         self.calls: list[InferenceCall] = []
         # Per environment: the wall time of every call that produced one of its chunks this episode.
         self.episode_ms: list[list[float]] = [[] for _ in range(n_envs)]
+        # Per environment: the executable actions of its latest chunk and the call that made it (live views).
+        self.last_chunk: list[np.ndarray | None] = [None] * n_envs
+        self.chunk_count: list[int] = [0] * n_envs
 
     def reset(self, i: int, seed: int | None) -> None:
         """Start a new episode in environment ``i``."""
@@ -380,6 +383,8 @@ class PolicyAgent:
             for row, i in enumerate(need):
                 self._queues[i].extend(actions[row])
                 self.episode_ms[i].append(ms)
+                self.last_chunk[i] = actions[row]
+                self.chunk_count[i] += 1
         return {i: self._queues[i].popleft() for i in observations}
 
 

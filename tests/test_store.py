@@ -79,6 +79,45 @@ def test_uncommitted_episode_is_invisible_and_discarded(tmp_path):
     store.close()
 
 
+def test_camera_frames_are_written_a_whole_shard_at_a_time(tmp_path):
+    """640x480 frames get 32-frame shards (small ones keep 128), and a recording writes each shard file once,
+    when it is full, instead of rewriting it for every batch; an episode starting mid-shard first fills it."""
+    from robolearn.features import Feature
+
+    store = DemoStore.open(tmp_path / "s.zarr", mode="a")
+    store.declare_stream("cam", {"cam_image": Feature((480, 640, 3), "uint8", "rgb"),
+                                 "cam_depth": Feature((480, 640), "uint16", "depth", depth_scale=0.001)})
+    store.declare_stream("small", {"small_image": Feature((16, 16, 3), "uint8", "rgb")})
+    assert [store.array(k).shards[0] for k in ("cam_image", "cam_depth", "small_image")] == [32, 32, 128]
+    shard = tmp_path / "s.zarr" / "cam" / "cam_image" / "c"
+
+    def frame(k: int) -> dict[str, np.ndarray]:
+        return {"cam_image": np.full((480, 640, 3), k, np.uint8), "cam_depth": np.full((480, 640), k, np.uint16)}
+
+    inodes = {}
+    w = store.begin_episode()
+    for k in range(70):
+        w.add("cam", k, k, **frame(k))
+        if k in (30, 62):
+            assert store.array("cam_image").shape[0] == (0 if k == 30 else 32)  # still buffered
+        if k in (31, 63):  # a shard is full: written now, and never again
+            inodes[k // 32] = (shard / str(k // 32) / "0" / "0").stat().st_ino
+    w.commit(EpisodeInfo(task="t"))
+    assert {i: (shard / str(i) / "0" / "0").stat().st_ino for i in inodes} == inodes
+    w = store.begin_episode()  # starts at row 70: its first write fills shard 2 up to row 96
+    for k in range(70, 100):
+        w.add("cam", k, k, **frame(k))
+        if k == 94:
+            assert store.array("cam_image").shape[0] == 70
+    assert store.array("cam_image").shape[0] == 96
+    w.commit(EpisodeInfo(task="t"))
+    assert (shard / "0" / "0" / "0").stat().st_ino == inodes[0]
+    got = store.array("cam_image")[:, 0, 0, 0]
+    np.testing.assert_array_equal(got, np.arange(100, dtype=np.uint8))
+    np.testing.assert_array_equal(store.array("cam_depth")[:, 5, 7], np.arange(100, dtype=np.uint16))
+    store.close()
+
+
 def test_killed_writer_tail_is_cut_on_reopen(tmp_path):
     path = tmp_path / "s.zarr"
     write_synth_store(path, [12, 9])

@@ -36,7 +36,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         rig=args.rig, out=args.out, episodes=args.episodes, teleop=args.teleop, cameras=_csv(args.cameras),
         image_size=args.image_size, depth=args.depth, seed=args.seed, keep_failures=args.keep_failures,
         codec=args.codec, workers=args.workers, task=args.task, perturb=args.perturb, status=not args.quiet,
-        rig_overrides=args.set or (),
+        rig_overrides=args.set or (), view=args.view,
     )
     bars: list = []
     live = not cfg.is_sim  # a real rig shows its own status line; one line per episode here
@@ -129,6 +129,76 @@ def _add_interop_parsers(dsub: argparse._SubParsersAction) -> None:
     i.add_argument("--source", default="teleop", choices=["expert", "teleop", "policy", "rl"],
                    help="what the episodes are recorded as (default teleop)")
     i.set_defaults(func=cmd_data_import)
+
+
+# ------------------------------------------------------------------------------------------- viz (Rerun)
+
+
+def _view_sink(args: argparse.Namespace) -> str:
+    if args.save and args.serve is not None:
+        raise UsageError("give --save FILE.rrd or --serve [PORT], not both")
+    if args.save:
+        return f"save:{args.save}"
+    if args.serve is not None:
+        return f"serve:{args.serve}" if args.serve else "serve"
+    return "spawn"
+
+
+def cmd_data_view(args: argparse.Namespace) -> int:
+    from robolearn.viz.episode import view_store
+
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}")
+    eps = [e for text in args.episode or [] for e in _episodes(text) or []]
+    s = view_store(args.store, eps, _view_sink(args),
+                   on_ready=lambda where: print(f"logged {args.store} to {where}" +
+                                                ("; Ctrl-C to stop serving" if args.serve is not None else ""),
+                                                file=sys.stderr, flush=True))
+    for e, rows in s.rows.items():
+        print(f"episode {e}: " + ", ".join(f"{p.split('/', 1)[1]} {n}" for p, n in rows.items()))
+    return 0
+
+
+def cmd_introspect(args: argparse.Namespace) -> int:
+    from robolearn.viz.introspect import introspect
+
+    r = introspect(args.policy, args.task, seed=args.seed, samples=args.samples, sink=_view_sink(args),
+                   camera=args.camera, image_size=args.image_size, max_steps=args.max_steps)
+    print(f"{r['where']}: {r['steps']} steps, {r['chunks']} chunks x {args.samples} samples, success {r['success']}; "
+          f"sample spread (mean distance of sampled paths' ends) {r['spread_m'] * 100:.1f} cm")
+    return 0
+
+
+def _add_view_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--view", nargs="?", const="spawn", default=None, metavar="SPEC",
+                   help="stream a live view to Rerun: spawn (default), save:FILE.rrd, serve or serve:PORT "
+                        "(needs robolearn[viz])")
+
+
+def _add_sink_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save", default=None, metavar="FILE.rrd", help="write a Rerun file instead of opening the viewer")
+    p.add_argument("--serve", nargs="?", const="", default=None, metavar="PORT",
+                   help="serve Rerun's web viewer on PORT (default 9090) until Ctrl-C, for a machine without a display")
+
+
+def _add_view_parsers(sub: argparse._SubParsersAction, dsub: argparse._SubParsersAction) -> None:
+    """``robolearn data view`` (episodes in Rerun) and ``robolearn introspect`` (a policy's sampled chunks)."""
+    v = dsub.add_parser("view", help="show episodes in Rerun: cameras, depth, proprioception, actions, columns")
+    v.add_argument("store")
+    v.add_argument("--episode", nargs="+", default=None, metavar="N",
+                   help="episodes to show, e.g. 0 3 or 0-4 (default: the first)")
+    _add_sink_args(v)
+    v.set_defaults(func=cmd_data_view)
+    i = sub.add_parser("introspect", help="one sim episode of a policy in Rerun: sampled action chunks as 3-D paths")
+    i.add_argument("--policy", required=True, help="training run or checkpoint (diffusion/flow/MeanFlow)")
+    i.add_argument("--task", required=True, help="simulated task, e.g. lift")
+    i.add_argument("--seed", type=int, default=0, help="reset seed of the episode (default 0)")
+    i.add_argument("--samples", type=int, default=8, help="chunks sampled per chunk boundary (default 8)")
+    i.add_argument("--camera", default="agentview", help="camera shown beside the scene (default agentview; '' none)")
+    i.add_argument("--image-size", type=int, default=128, help="that camera's image size (default 128)")
+    i.add_argument("--max-steps", type=int, default=None, help="cap the episode (default: the task's horizon)")
+    _add_sink_args(i)
+    i.set_defaults(func=cmd_introspect)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -443,7 +513,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from robolearn.rl import finetune
 
     res = finetune(args.policy, args.rig, args.out, args.steps, reward=args.reward, recipe=args.recipe,
-                   overrides=args.overrides, progress=not args.quiet)
+                   overrides=args.overrides, progress=not args.quiet, view=args.view)
     curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
     print(f"{args.out}: {res['env_steps']} env steps, success {res['base_success']:.2f} (base) -> {res['success']:.2f} "
           f"(base + residual) on {res['curve'][-1]['episodes']} fixed seeds; curve {curve}; "
@@ -461,6 +531,7 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                                                   "default: sparse success")
     f.add_argument("--recipe", default="residual_td3", help="recipe name or path (policies/residual_td3.yaml)")
     f.add_argument("--quiet", action="store_true")
+    _add_view_flag(f)
     f.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. algo=sac utd=2")
     f.set_defaults(func=cmd_finetune)
 
@@ -494,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--perturb", default=None, choices=["noise", "early_release", "stall"],
                    help="perturb the expert so attempts fail (kept, counted by --episodes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_view_flag(r)
     r.set_defaults(func=cmd_record)
 
     d = sub.add_parser("data", help="inspect and check demonstration stores")
@@ -508,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also flag ticks where a camera stream has no frame this recent (a stalled camera)")
     dv.set_defaults(func=cmd_data_verify)
     _add_interop_parsers(dsub)
+    _add_view_parsers(sub, dsub)
 
     t = sub.add_parser("train", help="train a diffusion or flow policy on a store")
     t.add_argument("--recipe", required=True,
@@ -555,7 +628,113 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reward_parser(sub)
     _add_rig_commands(_add_hardware_parser(sub))
     _add_finetune_parser(sub)
+    _add_deploy_parser(sub)
     return p
+
+
+# ---------------------------------------------------------------- deploy, serve, calibrate (robolearn/deploy)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from robolearn.deploy.inference import InferenceError
+    from robolearn.deploy.loop import DeployConfig, DeployStop
+    from robolearn.deploy.run import deploy
+
+    if args.inference_ms is not None and not args.rig.startswith("sim:"):
+        raise UserError("--inference-ms sets the simulated inference time of sim:<task> rigs only")
+    cfg = DeployConfig(blend=args.blend, compensate=not args.no_compensate, inject_obs_latency_s=args.obs_latency,
+                       inject_action_latency_s=args.action_latency, replan_every=args.replan_every,
+                       inference_s=None if args.inference_ms is None else args.inference_ms / 1e3,
+                       max_steps=args.max_steps, stall_s=args.stall_s)
+    try:
+        s = deploy(args.rig, args.policy, cfg, episodes=args.episodes, seed=args.seed, record=args.record,
+                   inference=args.inference, overrides=args.set, timeout_s=args.server_timeout, view=args.view,
+                   progress=lambda s: print(f"episode {s.episodes}: success {s.successes}/{s.episodes}",
+                                            file=sys.stderr, flush=True))
+    except (DeployStop, InferenceError) as e:
+        print(f"robolearn deploy: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    report = {"episodes": s.episodes, "successes": s.successes, "success_rate": s.success_rate,
+              "late_dropped": s.late_dropped, "held_ticks": s.held_ticks, "steps": s.steps,
+              "store_episodes": s.store_episodes, "per_episode": s.per_episode}
+    print(f"success {s.successes}/{s.episodes} ({s.success_rate:.2f}); late actions dropped {s.late_dropped}, "
+          f"ticks held {s.held_ticks} of {s.steps}" + (f"; recorded into {args.record}" if args.record else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from robolearn.deploy.server import endpoint_of, serve_policy
+
+    serve_policy(args.policy, endpoint_of(args.port, args.bind), device=args.device, threads=args.threads)
+    return 0
+
+
+def cmd_calibrate_latency(args: argparse.Namespace) -> int:
+    from robolearn.deploy.calibrate import calibrate_latency
+
+    est = calibrate_latency(args.rig, args.set, seconds=args.seconds, amplitude=args.amplitude,
+                            write=not args.dry_run)
+    print(f"action latency {est.action_s * 1e3:.1f} ms (correlation {est.action_correlation:.2f}, "
+          f"{est.samples} arm samples)")
+    for cam, v in est.camera_s.items():
+        print(f"camera {cam}: " + (f"{v * 1e3:.1f} ms" if v is not None else "not measured"))
+    for note in est.notes:
+        print(f"  {note}")
+    if est.written:
+        print(f"written into {est.written} (latency.action_s" + (", latency.camera_s" if any(
+            v is not None for v in est.camera_s.values()) else "") + ")")
+    return 0
+
+
+def _add_deploy_parser(sub: Any) -> None:
+    """``robolearn deploy``, ``serve`` and ``calibrate latency``: a trained policy on a rig."""
+    d = sub.add_parser("deploy", help="run a trained policy on a rig (async inference, latency compensation)")
+    d.add_argument("--rig", required=True, help="sim:<task> or a rig file hardware/<rig>.yaml")
+    d.add_argument("--policy", required=True, help="a run or checkpoint directory, or a policy server tcp://HOST:PORT")
+    d.add_argument("--episodes", type=int, default=1)
+    d.add_argument("--seed", type=int, default=None, help="first seed (sim and twin; default: the eval seeds)")
+    d.add_argument("--record", default=None, metavar="STORE", help="record the rollouts into this store")
+    d.add_argument("--blend", default="none", choices=["none", "ensemble", "inpaint"],
+                   help="overlapping chunks: replace, temporal ensembling, or inpainting of the overlap")
+    d.add_argument("--no-compensate", action="store_true", help="ignore the rig's latencies (for comparison)")
+    d.add_argument("--obs-latency", type=float, default=0.0, metavar="S", help="inject observation latency (s)")
+    d.add_argument("--action-latency", type=float, default=0.0, metavar="S",
+                   help="inject action latency (s; sim rigs and the twin)")
+    d.add_argument("--inference-ms", type=float, default=None,
+                   help="sim rigs: count each policy call as this long (default: as measured)")
+    d.add_argument("--inference", default="auto", choices=["auto", "thread", "process"],
+                   help="where a local policy runs: a thread, or a server process of its own (auto: a process "
+                        "on real-time rigs, a thread in simulation)")
+    d.add_argument("--replan-every", type=int, default=None, metavar="TICKS",
+                   help="request a chunk at least this often (default: the policy's n_action_steps)")
+    d.add_argument("--max-steps", type=int, default=None, help="episode limit in ticks (default: the rig's)")
+    d.add_argument("--stall-s", type=float, default=1.0, help="a camera silent this long stops the arm")
+    d.add_argument("--server-timeout", type=float, default=2.0, metavar="S",
+                   help="a policy server silent this long is gone: the arm stops")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting for this run")
+    _add_view_flag(d)
+    d.add_argument("--json", default=None, metavar="FILE", help="write the summary as JSON")
+    d.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("serve", help="serve a policy over ZeroMQ for `deploy --policy tcp://HOST:PORT`")
+    s.add_argument("--policy", required=True, help="a run or checkpoint directory")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--bind", default=None, help="a ZeroMQ address instead of --port, e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("calibrate", help="measure a rig's latencies")
+    csub = c.add_subparsers(dest="calibrate_command", required=True, metavar="SUBCOMMAND")
+    cl = csub.add_parser("latency", help="action latency (commanded vs measured motion) and camera latency")
+    cl.add_argument("--rig", required=True, help="a rig file hardware/<rig>.yaml")
+    cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting for this run")
+    cl.add_argument("--seconds", type=float, default=6.0, help="length of the excitation (default 6)")
+    cl.add_argument("--amplitude", type=float, default=0.03, help="excitation amplitude in metres (default 0.03)")
+    cl.add_argument("--dry-run", action="store_true", help="measure only; leave the rig file as it is")
+    cl.set_defaults(func=cmd_calibrate_latency)
 
 
 _PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)

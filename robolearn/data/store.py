@@ -50,6 +50,16 @@ from robolearn.data.schema import (
 
 RESERVED = ("t_device", "t_host", "ends")
 SHARD_FRAMES = 128  # frames per shard file: ~1 MB of 84x84 QOI frames, few files, cheap tail rewrites
+SHARD_RAW_BYTES = 32 << 20  # larger frames get fewer per shard: a camera's shard is buffered, then written once
+
+
+def _shard_frames(spec: KeySpec) -> int:
+    """Frames per shard: SHARD_FRAMES, fewer (a power of two, at least 8) for large frames (640x480 RGB: 32)."""
+    frame = max(1, int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
+    n = SHARD_FRAMES
+    while n > 8 and n * frame > SHARD_RAW_BYTES:
+        n //= 2
+    return n
 
 
 def _lowdim_rows(shape: Sequence[int], itemsize: int) -> int:
@@ -74,7 +84,7 @@ def _create_key_array(group: zarr.Group, name: str, spec: KeySpec) -> zarr.Array
             compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2), Crc32cCodec()]
         return group.create_array(
             name, shape=(0, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape),
-            shards=(SHARD_FRAMES, *spec.shape), serializer=serializer, compressors=compressors,
+            shards=(_shard_frames(spec), *spec.shape), serializer=serializer, compressors=compressors,
             fill_value=0, attributes=attrs, config=cfg,
         )
     rows = _lowdim_rows(spec.shape, np.dtype(spec.dtype).itemsize)
@@ -440,6 +450,7 @@ class EpisodeWriter:
 
     FLUSH_IMAGES = 32
     FLUSH_LOWDIM = 4096
+    FLUSH_IMAGE_BYTES = 64 << 20  # buffered up to a shard's end while below this (raw bytes)
 
     def __init__(self, store: DemoStore) -> None:
         self.store = store
@@ -482,9 +493,23 @@ class EpisodeWriter:
         buf["t_host"].append(np.asarray(t_host, dtype=np.float64))
         self.counts[stream] = self.counts.get(stream, 0) + n
         pending = sum(len(x) for x in buf["t_host"])
-        is_image = any(s.kind != "lowdim" for s in specs.values())
-        if pending >= (self.FLUSH_IMAGES if is_image else self.FLUSH_LOWDIM):
+        if pending >= self._flush_rows(stream, specs):
             self._flush(stream)
+
+    def _flush_rows(self, stream: str, specs: Mapping[str, KeySpec]) -> int:
+        """Rows to buffer before writing. Image streams write up to their next shard boundary, so that a
+        shard file is written once rather than rewritten for every batch (a 640x480 camera's shard is
+        ~10 MB of QOI: rewriting it per batch multiplied the bytes written and their kernel time), unless
+        that buffers more than FLUSH_IMAGE_BYTES; then every FLUSH_IMAGES rows."""
+        images = [k for k, spec in specs.items() if spec.kind != "lowdim"]
+        if not images:
+            return self.FLUSH_LOWDIM
+        arrays = self.store._arrays[stream]
+        shard = min(int(arrays[k].shards[0]) if arrays[k].shards else self.FLUSH_IMAGES for k in images)
+        row = sum(int(np.prod(specs[k].shape, dtype=np.int64)) * np.dtype(specs[k].dtype).itemsize for k in specs)
+        if shard * row > self.FLUSH_IMAGE_BYTES:
+            return self.FLUSH_IMAGES
+        return shard - self.written[stream] % shard  # rows to the next boundary (the first batch may be short)
 
     def set_column(self, name: str, values: np.ndarray, provenance: Mapping[str, Any] | None = None,
                    dtype: str = "float32") -> None:

@@ -35,6 +35,9 @@ class TwinWorldConfig:
     task: str
     seed: int | None = None
     action_latency_s: float = 0.0
+    # SCHED_FIFO priority of the world (0: normal scheduling). It stands in for an arm's own controller
+    # box, which a busy host never starves: below the servo loop and the recorder's control loop.
+    rt_priority: int = 0
 
 
 def twin_layout(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -212,6 +215,11 @@ def run_world(cfg: TwinWorldConfig, conn: Connection) -> None:
 
     die_with_parent()
     signal.signal(signal.SIGTERM, _interrupt)  # leave through the finally below, which frees the memory
+    if cfg.rt_priority and hasattr(os, "SCHED_FIFO"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(cfg.rt_priority))
+        except OSError:  # no permission: normal scheduling (the controller already said so)
+            pass
     parent = os.getppid()
     try:
         world = _World(cfg)

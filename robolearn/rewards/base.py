@@ -154,6 +154,11 @@ class DenseReward:
     def reset(self, frame: np.ndarray, proprio: Mapping[str, np.ndarray] | None = None) -> None:
         self._phi = self.potential(frame, proprio)
 
+    @property
+    def progress(self) -> float | None:
+        """The progress (potential) of the latest frame; None before ``reset``."""
+        return self._phi
+
     def step(self, frame: np.ndarray, proprio: Mapping[str, np.ndarray] | None, success: float,
              terminal: bool = False) -> float:
         if self._phi is None:

@@ -289,15 +289,36 @@ def run_episodes(pool: Any, base: Any, keys: list[str], actor: Any, seeds: Seque
 # ----------------------------------------------------------------------------- the loop
 
 
+def _view_tick(live: Any, agent: Any, o: dict[str, np.ndarray], action: np.ndarray, reward: float, success: bool,
+               progress: float | None, episode: int, seen: list[int]) -> None:
+    """Environment 0's tick into the live view (which only queues it): what it saw, the executed action
+    (base + residual), the reward and progress, and the base's chunk whenever a new one starts."""
+    from robolearn.features import CONTROL_STREAM
+    from robolearn.rigs.base import Sample
+
+    t = time.monotonic()
+    images = {k: v for k, v in o.items() if k.endswith("_image")}
+    obs = {CONTROL_STREAM: Sample({k: v for k, v in o.items() if k not in images}, t, t)}
+    obs |= {k[: -len("_image")]: Sample({k: v}, t, t) for k, v in images.items()}
+    scalars = {"reward": reward, "success": float(success), "episode": float(episode)}
+    if progress is not None:
+        scalars["progress"] = progress
+    live.log_tick(t, obs, action=np.asarray(action), scalars=scalars)
+    if agent.chunk_count[0] != seen[0]:  # after the tick: the view draws the chunk from this tick's eef
+        seen[0] = agent.chunk_count[0]
+        live.log_chunk(t, "executing", agent.last_chunk[0])
+
+
 def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps: int,
              reward: str | None = None, recipe: str | os.PathLike = "residual_td3", overrides: Sequence[str] = (),
              progress: bool = True, on_eval: Callable[[dict[str, Any]], None] | None = None,
-             base_success: float | None = None) -> dict[str, Any]:
+             view: str | None = None, base_success: float | None = None) -> dict[str, Any]:
     """Fine-tune a residual on base checkpoint ``policy`` for ``steps`` env steps into ``out``.
 
-    ``base_success``: the base's success rate already measured on the evaluation seeds (``robolearn eval``
-    uses the same ones), which saves evaluating the base again. Resumes by itself when ``out`` holds a
-    run's ``state.pt`` (same base and recipe)."""
+    Resumes by itself when ``out`` holds a run's ``state.pt`` (same base and recipe). ``view``: a live
+    Rerun view of environment 0's training episodes (``robolearn.viz.live.make_view``). ``base_success``:
+    the base's success rate already measured on the evaluation seeds (``robolearn eval`` uses the same
+    ones), which saves evaluating the base again."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -411,6 +432,12 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
 
     # ---- collection
     n = cfg.env.n_envs
+    live = None
+    if view is not None:
+        from robolearn.viz.live import make_view
+
+        live = make_view(view)
+    view_seen = [0]
     writer = SummaryWriter(str(out / "tb"))
     pool = EnvPool(task, n, cfg.env.workers, camera=camera, image_size=cfg.reward.image_size,
                    max_steps=cfg.env.max_steps)
@@ -503,6 +530,9 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
                 if dense:
                     dense[i].global_step = st["env_steps"]
                     r = dense[i].step(o2[f"{camera}_image"], proprio(o2), float(succ), terminal=succ)
+                if live is not None and i == 0:
+                    _view_tick(live, agent, obs[0], act[0], r, succ, dense[0].progress if dense else None,
+                               st["episodes"], view_seen)
                 ep_ret[i] += r
                 if succ or trunc:
                     # Bootstrap a truncated episode from its last state (the base's next action there).
@@ -560,6 +590,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
         bar.close()
         writer.close()
         pool.close()
+        if live is not None:
+            live.close()
     sps = (st["env_steps"] - steps_at_start) / max(time.perf_counter() - t_start, 1e-9)
     result = {"env_steps": st["env_steps"], "updates": st["updates"], "episodes": st["episodes"],
               "base_success": st["base_success"], "success": st["curve"][-1]["success"] if st["curve"] else None,

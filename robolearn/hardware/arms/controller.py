@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -74,8 +75,8 @@ def die_with_parent() -> None:
 
 
 def _realtime(priority: int) -> None:
-    """Run the servo loop under SCHED_FIFO where allowed; processes it starts (the twin's world) get
-    normal scheduling back (reset-on-fork)."""
+    """Run the servo loop under SCHED_FIFO where allowed; processes it starts get normal scheduling back
+    (reset-on-fork) unless they ask for their own (the twin's world: see TwinWorldConfig.rt_priority)."""
     if not priority or not hasattr(os, "SCHED_FIFO"):
         return
     try:
@@ -134,6 +135,8 @@ class ServoLoop:
         self.fault = ""
         self.counters = dict.fromkeys(("ticks", "overruns", "box_clips", "speed_clamps", "watchdog_stops"), 0)
         self.periods = np.zeros(_PERIOD_RING)
+        self.work = np.zeros(_PERIOD_RING)  # per tick: wake-up to state published (s)
+        self.late = np.zeros(_PERIOD_RING)  # per tick: wake-up after the tick's due time (s)
         self.last_cmd_time = 0.0
         self.traj: PoseTrajectory | JointTrajectory | None = None
         self.grip_traj: ScalarTrajectory | None = None
@@ -201,6 +204,8 @@ class ServoLoop:
                     {
                         **self.counters,
                         "periods": self.periods[: min(self.counters["ticks"], _PERIOD_RING)].copy(),
+                        "work": self.work[: min(self.counters["ticks"], _PERIOD_RING)].copy(),
+                        "late": self.late[: min(self.counters["ticks"], _PERIOD_RING)].copy(),
                     },
                 )
             )
@@ -382,7 +387,9 @@ class ServoLoop:
             if now - t_next > self.period:  # fell a whole tick behind: count it and re-phase
                 self.counters["overruns"] += 1
                 t_next = now
-            self.periods[self.counters["ticks"] % _PERIOD_RING] = now - t_last
+            slot = self.counters["ticks"] % _PERIOD_RING
+            self.periods[slot] = now - t_last
+            self.late[slot] = now - t_next
             t_last = now
             self.counters["ticks"] += 1
             while self.conn.poll():  # EOFError here: the client is gone
@@ -393,6 +400,7 @@ class ServoLoop:
             except (UserError, RuntimeError, OSError, ValueError) as e:
                 self.trip(f"{self.cfg.type} arm error: {e}")
             self.publish()
+            self.work[slot] = time.monotonic() - now
 
 
 def controller_main(cfg: ArmConfig, conn: Connection) -> None:
@@ -423,6 +431,10 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
         shm = ShmState(layout.size, create=True)
         loop = ServoLoop(cfg, driver, shm, layout, conn)
         loop.publish()
+        # Everything imported so far (the driver's SDK, MuJoCo for the twin...) out of the collector's
+        # sight: a full collection over those objects stalls a servo tick for ~30 ms.
+        gc.collect()
+        gc.freeze()
         jl = driver.joint_limits
         conn.send(
             (
@@ -624,7 +636,8 @@ class ArmClient:
             raise RigError(f"{self.cfg.type} arm: reset failed: {reply}")
 
     def stats(self) -> dict[str, Any]:
-        """Counters and the servo loop's recent tick periods (seconds)."""
+        """Counters and, per recent servo tick (seconds): its period, its work (wake-up to state
+        published) and its wake-up lateness."""
         self._conn.send(("stats",))
         return self._reply("stats", 10.0)
 

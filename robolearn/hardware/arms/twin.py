@@ -32,7 +32,11 @@ class TwinArm(Arm):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         world_cfg = TwinWorldConfig(
-            task=str(self.cfg.task), seed=self.cfg.seed, action_latency_s=self.cfg.action_latency_s
+            task=str(self.cfg.task),
+            seed=self.cfg.seed,
+            action_latency_s=self.cfg.action_latency_s,
+            # the servo loop's 50 -> 30: below the servo loop and the recorder's control loop (40)
+            rt_priority=max(0, self.cfg.rt_priority - 20) if self.cfg.rt_priority else 0,
         )
         self._proc = ctx.Process(target=run_world, args=(world_cfg, child), name="robolearn-twin-world")
         self._proc.start()

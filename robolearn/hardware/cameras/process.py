@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robolearn.hardware.cameras.base import CameraConfig
-from robolearn.hardware.shm import ENDED, RUNNING, ShmRing
+from robolearn.hardware.shm import ENDED, RUNNING, ShmRing, retain_heap
 
 
 @dataclass
@@ -80,6 +80,11 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
     """Entry point of the camera process."""
     # Ctrl-C reaches the whole process group; the consumer decides when its cameras stop (close()).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    retain_heap()  # the SDK hands over a new frame buffer per frame
+    try:  # a camera is a device: on a busy machine it must not lag behind its frame rate (root or CAP_SYS_NICE)
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+    except OSError:
+        pass
     ring = ShmRing.attach(ring_name)
     holder: list[Source] = []
     try:

@@ -472,8 +472,14 @@ def controller_main(cfg: ArmConfig, conn: Connection) -> None:
         finally:
             if shm is not None:
                 vec, _, _ = shm.read()
-                vec[-len(STATUS_FIELDS) + STATUS_FIELDS.index("status")] = CLOSED
-                shm.write(vec)
+                i = -len(STATUS_FIELDS) + STATUS_FIELDS.index("status")
+                # A latched fault stays what the client reads: it names the cause, "exited" does not.
+                if vec[i] != FAULT and why.startswith("error"):
+                    vec[i] = FAULT
+                    shm.write(vec, text=f"{cfg.type} arm controller {why}")
+                elif vec[i] != FAULT:
+                    vec[i] = CLOSED
+                    shm.write(vec)
                 shm.close()
 
 

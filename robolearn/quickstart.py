@@ -124,6 +124,13 @@ def _plot_loss(metrics: Path, path: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
+    return _save_plot(fig, ax, path)
+
+
+def _save_plot(fig: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend and layout shared by the report's plots; the figure is closed once written."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -200,9 +207,4 @@ def _plot_curve(curve: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("env steps")
     ax.set_ylabel("success (fixed seeds)")
     ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_plot(fig, ax, path)

@@ -40,9 +40,16 @@ def ensure_store(path: Path, episodes: int, cameras: list[str], size: int, task:
     return path
 
 
+def _plain(o: Any) -> Any:
+    """NumPy arrays and scalars in a benchmark's figures, as JSON lists and numbers."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
 def write_json(name: str, data: dict[str, Any], out: str | None = None) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
+    path.write_text(json.dumps(data, indent=2, default=_plain))
     print(f"wrote {path}")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,17 @@ class OperatorScript(ExpertTeleop):
         if self.tick == 3 and self.episode == 1:
             return [Event.FAILURE]
         return []
+
+
+
+def twin_playback_dir(d: Path, frames: int) -> list[Path]:
+    """Make sim_twin's playback recordings under ``d`` (``d/data/playback/...``, where the rig file
+    resolves them when run from ``d``)."""
+    from robolearn.rigs.playback import make_playback
+
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        return make_playback("hardware/sim_twin.yaml", frames=frames)
+    finally:
+        os.chdir(cwd)

@@ -230,17 +230,12 @@ def test_server_handshake_refuses_a_mismatched_policy(tmp_path):
 
 @pytest.fixture(scope="module")
 def twin_dir(tmp_path_factory):
-    from robolearn.rigs.playback import make_playback
+    from helpers import twin_playback_dir
 
     d = tmp_path_factory.mktemp("twin")
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        make_playback("hardware/sim_twin.yaml", frames=30)
-        (d / "hardware").mkdir()
-        (d / "hardware" / "sim_twin.yaml").write_text((ROOT / "hardware" / "sim_twin.yaml").read_text())
-    finally:
-        os.chdir(cwd)
+    twin_playback_dir(d, frames=30)
+    (d / "hardware").mkdir()  # a copy of the rig file: calibration writes into it
+    (d / "hardware" / "sim_twin.yaml").write_text((ROOT / "hardware" / "sim_twin.yaml").read_text())
     return d
 
 

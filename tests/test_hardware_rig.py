@@ -36,22 +36,17 @@ ACTIONS = np.array([[0, 0, -0.5, 0, 0, 0, -1]] * 12 + [[0.2, 0, 0, 0, 0, 0, 1]] 
 @pytest.fixture(scope="module")
 def twin_dir(tmp_path_factory):
     """A directory holding sim_twin's playback recordings (data/playback/...) and a demo to replay."""
-    from robolearn.rigs.playback import make_playback
+    from helpers import twin_playback_dir
 
     d = tmp_path_factory.mktemp("twin")
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        paths = make_playback("hardware/sim_twin.yaml", frames=FRAMES)
-        assert [p.name for p in paths] == ["sim_twin_front.db3", "sim_twin_wrist.db3"]
-        with DemoStore.open("demo.zarr", mode="a") as s:  # the demonstration the scripted operator replays
-            s.declare_stream("control", {"action": Feature((7,), "float32")})
-            with s.begin_episode() as w:
-                t = np.arange(len(ACTIONS)) * 0.05
-                w.extend("control", t, t, action=ACTIONS)
-                w.commit(EpisodeInfo(task="demo", source="teleop"))
-    finally:
-        os.chdir(cwd)
+    paths = twin_playback_dir(d, frames=FRAMES)
+    assert [p.name for p in paths] == ["sim_twin_front.db3", "sim_twin_wrist.db3"]
+    with DemoStore.open(d / "demo.zarr", mode="a") as s:  # the demonstration the scripted operator replays
+        s.declare_stream("control", {"action": Feature((7,), "float32")})
+        with s.begin_episode() as w:
+            t = np.arange(len(ACTIONS)) * 0.05
+            w.extend("control", t, t, action=ACTIONS)
+            w.commit(EpisodeInfo(task="demo", source="teleop"))
     return d
 
 

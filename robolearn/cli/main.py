@@ -512,6 +512,11 @@ def _add_rig_commands(hsub: argparse._SubParsersAction) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from robolearn.rl import finetune
 
+    if not args.rig.startswith("sim:") or args.episodes is not None or args.learner is not None:
+        return _finetune_robot(args)
+    if args.steps is None:
+        raise UserError("finetune on sim:TASK needs --steps N (env steps in all); --episodes N runs the on-robot "
+                        "actor/learner loop instead")
     res = finetune(args.policy, args.rig, args.out, args.steps, reward=args.reward, recipe=args.recipe,
                    overrides=args.overrides, progress=not args.quiet, view=args.view)
     curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
@@ -521,11 +526,55 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_robot(args: argparse.Namespace) -> int:
+    """On a rig file (or ``--episodes`` on sim:TASK): the deployment loop as the actor, a learner process."""
+    from robolearn.deploy.loop import DeployConfig, DeployStop
+    from robolearn.rl.robot import finetune_robot
+
+    if args.reward or args.view:
+        raise UserError("on a robot, fine-tuning takes sparse success marked by the operator or the rig; "
+                        "--reward and --view are for sim:TASK runs")
+    cfg = DeployConfig(max_steps=args.max_steps)
+    try:
+        res = finetune_robot(args.rig, args.policy, args.out, args.episodes or 1, learner=args.learner,
+                             teleop=args.teleop, recipe=args.recipe, overrides=args.overrides, cfg=cfg,
+                             rig_overrides=args.set, explore=not args.no_explore,
+                             progress=lambda s: print(f"episode {s.episodes}: success {s.successes}/{s.episodes}",
+                                                      file=sys.stderr, flush=True))
+    except DeployStop as e:
+        print(f"robolearn finetune: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    st = res["learner_stats"]
+    print(f"{args.out}: {res['episodes']} episodes, {res['successes']} successes, {res['steps']} ticks into "
+          f"{res['store']}; learner: {st.get('env_steps')} env steps, {st.get('updates')} updates, "
+          f"{st.get('interventions')} intervention ticks, residual version {st.get('version')}")
+    return 0
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    from robolearn.deploy.server import endpoint_of
+    from robolearn.rl.learner import run_learner
+
+    run_learner(args.policy, args.out, endpoint_of(args.port, args.bind), args.recipe, args.overrides)
+    return 0
+
+
 def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", help="residual RL on a frozen base policy (resumable)")
     f.add_argument("--policy", required=True, help="the base: a training run or checkpoint")
-    f.add_argument("--rig", required=True, help="sim:TASK")
-    f.add_argument("--steps", type=int, required=True, help="env steps in all (a resumed run continues to this)")
+    f.add_argument("--rig", required=True, help="sim:TASK (parallel envs), or a rig file hardware/<rig>.yaml "
+                                                "(the on-robot actor/learner loop)")
+    f.add_argument("--steps", type=int, default=None, help="sim:TASK: env steps in all (a resumed run continues "
+                                                            "to this)")
+    f.add_argument("--episodes", type=int, default=None, help="on a rig: episodes to run (default 1)")
+    f.add_argument("--learner", default=None, help="on a rig: a learner at tcp://HOST:PORT (`robolearn learner`); "
+                                                   "default: one started on this machine")
+    f.add_argument("--teleop", default=None, help="on a rig: the device that can take over (spacemouse, keyboard, "
+                                                  "gamepad, leader, expert on the sim twin); interventions are "
+                                                  "flagged and learnt from as demonstrations")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a rig file's setting (repeatable)")
+    f.add_argument("--max-steps", type=int, default=None, help="on a rig: ticks per episode (default: the rig's)")
+    f.add_argument("--no-explore", action="store_true", help="on a rig: no exploration noise on the residual")
     f.add_argument("--out", required=True, help="run directory; an existing one is resumed")
     f.add_argument("--reward", default=None, help="dense progress reward (a `reward fit` dir, gvl:URL, clip:PATH); "
                                                   "default: sparse success")
@@ -534,6 +583,14 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     _add_view_flag(f)
     f.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. algo=sac utd=2")
     f.set_defaults(func=cmd_finetune)
+    lr = sub.add_parser("learner", help="the learner of on-robot residual RL (for `finetune --learner tcp://...`)")
+    lr.add_argument("--policy", required=True, help="the base (the same as the actor's)")
+    lr.add_argument("--out", required=True, help="run directory (resumed when it holds a learner's state)")
+    lr.add_argument("--port", type=int, default=None, help="listen on every interface at this port")
+    lr.add_argument("--bind", default=None, help="or an exact ZeroMQ address, e.g. tcp://127.0.0.1:5556")
+    lr.add_argument("--recipe", default="residual_td3", help="recipe name or path")
+    lr.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    lr.set_defaults(func=cmd_learner)
 
 
 def build_parser() -> argparse.ArgumentParser:

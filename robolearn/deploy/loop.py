@@ -23,6 +23,10 @@ builder, the policy/rig feature check are its) with what a real robot needs:
   first usable action), ``ensemble`` (temporal ensembling: every prediction for a time step averaged
   with weights ``exp(-decay * j)``, j = 0 the oldest, as in ACT), ``inpaint`` (the new chunk is sampled
   to agree with the actions still to come, :mod:`robolearn.deploy.inpaint`).
+- **A shaper** (optional; on-robot RL, :mod:`robolearn.rl.robot`): every tick, what the schedule gives
+  passes through ``shaper.act`` (a residual correction, or a teleoperator taking over: an intervention,
+  flagged in the record) before the safety checks; ``shaper.after`` sees what was executed and
+  ``shaper.end`` the finished episode. The rig's limits bound whatever it proposes.
 - **Safety**: every action is clipped to the rig's action range (the arm's controller then clips
   poses to its workspace and speed limits); a NaN, an action beyond the range by more than
   ``range_tolerance``, a stalled camera or a failed inference stops the arm with one line
@@ -235,7 +239,7 @@ class DeployLoop:
 
     def __init__(self, rig: Rig, backend: Any, policy_info: Any, cfg: DeployConfig,
                  operator: Operator | None = None, view: Any = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, shaper: Any = None) -> None:
         cfg.validate()
         self.rig, self.backend, self.cfg = rig, backend, cfg
         self.operator, self.view = operator, view
@@ -256,6 +260,7 @@ class DeployLoop:
         self.streams = sorted({s for s, keys in rig.features.items() if any(k in self.features for k in keys)})
         self._ema_s: float | None = cfg.inference_s if self.virtual else None
         self.paused = False
+        self.shaper = shaper
 
     # ------------------------------------------------------------ latencies
     def _latencies(self) -> tuple[dict[str, float], float]:
@@ -360,6 +365,8 @@ class DeployLoop:
         seed_used = getattr(self.rig, "last_seed", seed)
         gen = torch.Generator()
         gen.manual_seed(int(seed_used)) if seed_used is not None else gen.seed()
+        if self.shaper is not None:
+            self.shaper.reset(seed_used)
         d_act = self._slot(self.action_latency, 0.0)
         replan = cfg.replan_every or self.n_action_steps
         chunks: list[ChunkRecord] = []
@@ -475,11 +482,15 @@ class DeployLoop:
 
                 # 3. This tick's action: the one scheduled to act action_latency from now.
                 got = None if self.paused else sched.action(cur + d_act)
-                if got is None:
+                proposed = None if got is None else np.asarray(got[0], np.float32)
+                intervening = False
+                if self.shaper is not None and not self.paused:  # a residual, or the operator taking over
+                    proposed, intervening = self.shaper.act(step, obs, proposed)
+                if proposed is None:
                     action = self._noop(last_sent)
                     held += 1
                 else:
-                    action = self._check_action(np.asarray(got[0], np.float32), step)
+                    action = self._check_action(np.asarray(proposed, np.float32), step)
                 o2c = None
                 if got is not None and new_chunk_pending is not None:
                     o2c = (time.perf_counter() - new_chunk_pending) * 1e3
@@ -491,7 +502,9 @@ class DeployLoop:
                     result = self.rig.send_action(action)
                     last_sent = action
                 trace.append(TickTrace(now, time.perf_counter(), o2c, got is None))
-                ep.add(obs, action, False)
+                ep.add(obs, action, intervening)
+                if self.shaper is not None:
+                    self.shaper.after(step, None if proposed is None else action, result)
                 if self.view is not None:
                     measured = obs[CONTROL_STREAM].values.get("robot0_eef_pos") if CONTROL_STREAM in obs else None
                     self.view.log_tick(now, obs, action=action, measured=measured, scalars={
@@ -553,10 +566,13 @@ class DeployLoop:
             "round_trip_ms": [round(c.round_trip_ms, 3) for c in chunks],
             "backend": getattr(self.backend, "kind", "?"), "stop_reason": stop_reason, "discard": discard,
             "clock": "virtual" if self.virtual else "wall", "chunk_actions": self.horizon - self.n_obs_steps + 1,
+            "marked": mark,  # the operator's success (True) or failure (False) mark, None without one
         }
         episode = ep.build(seed_used, stopped=stop_reason is not None, info=info, tick_times=ticks)
         episode.success = success
         out = DeployEpisode(episode, chunks, trace, info)
+        if self.shaper is not None:  # also after a safety stop: what was collected is kept
+            self.shaper.end(out)
         if raise_after is not None:
             out.info["error"] = str(raise_after)
             self.last_episode = out

@@ -105,19 +105,26 @@ def make_deploy_rig(spec: str, policy_info: Any, cfg: DeployConfig, overrides: l
     return out
 
 
-def _declare(store: Any, rig: Any, action_dim: int, n_action_steps: int) -> None:
+def rollout_streams(rig: Any, action_dim: int, n_action_steps: int) -> dict[str, dict[str, Feature]]:
+    """The streams a deployment store holds: control (+ action), a simulator's cameras, the policy's chunks."""
     control = dict(rig.features[CONTROL_STREAM])
     control["action"] = rig.action_feature
-    store.declare_stream(CONTROL_STREAM, control)
-    for s, keys in rig.features.items():
-        if s != CONTROL_STREAM and not rig.realtime:
-            store.declare_stream(s, keys)
-    store.declare_stream(POLICY_STREAM, {"proposed_chunk": Feature((n_action_steps, action_dim), "float32"),
-                                         "late_actions": Feature((1,), "float32")})
+    out = {CONTROL_STREAM: control}
+    out |= {s: dict(keys) for s, keys in rig.features.items() if s != CONTROL_STREAM and not rig.realtime}
+    out[POLICY_STREAM] = {"proposed_chunk": Feature((n_action_steps, action_dim), "float32"),
+                          "late_actions": Feature((1,), "float32")}
+    return out
 
 
-def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: str = "") -> int:
-    """Commit one deployment episode to ``store`` (see the module docstring)."""
+def _declare(store: Any, rig: Any, action_dim: int, n_action_steps: int) -> None:
+    for s, keys in rollout_streams(rig, action_dim, n_action_steps).items():
+        store.declare_stream(s, keys)
+
+
+def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: str = "",
+                  columns: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None) -> int:
+    """Commit one deployment episode to ``store`` (see the module docstring); ``columns``: more per-tick
+    columns (name -> (values, provenance)), e.g. the residual's size during on-robot RL."""
     from robolearn.data.schema import EpisodeInfo
 
     ep = dep.episode
@@ -137,10 +144,21 @@ def write_rollout(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: s
             w.set_column("reward", ep.step_success.astype(np.float32), provenance={"source": "rig", "rig": rig.spec()})
         w.set_column("held", np.array([t.held for t in dep.trace] or [1.0] * ep.steps, np.float32)[: ep.steps],
                      provenance={"source": "deploy"})
+        if ep.intervention.any():  # ticks a teleoperator drove (on-robot RL)
+            w.set_column("intervention", ep.intervention.astype(np.float32), provenance={"source": "teleop"})
+        for name, (values, prov) in (columns or {}).items():
+            w.set_column(name, np.asarray(values, np.float32), provenance=prov)
         info = EpisodeInfo(task=task or rig.task_text, success=bool(ep.success), source="policy", rig=rig.spec(),
                            fps=float(rig.control_hz), seed=ep.seed,
                            notes={**rig.episode_notes(), "clocks": rig.clocks, "policy": policy, **dep.info})
         return w.commit(info)
+
+
+def _record(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: str, shaper: Any) -> int:
+    idx = write_rollout(store, dep, rig, policy, task, columns=shaper.columns(dep) if shaper is not None else None)
+    if shaper is not None:
+        shaper.recorded(dep, idx)
+    return idx
 
 
 @contextmanager
@@ -182,12 +200,16 @@ def _wait_for_start(op: Operator) -> bool:
 def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, seed: int | None = None,
            record: str | None = None, inference: str = "auto", overrides: list[str] | None = None,
            timeout_s: float = 2.0, threads: int | None = None, view: str | None = None, operator: bool | None = None,
-           progress: Callable[[DeploySummary], None] | None = None, task: str = "") -> DeploySummary:
+           progress: Callable[[DeploySummary], None] | None = None, task: str = "",
+           shaper: Any = None) -> DeploySummary:
     """Run ``episodes`` of ``policy`` (a run directory, or a server ``tcp://host:port``) on ``rig_spec``.
 
     Seeds: simulated rigs and the twin start at ``seed`` (default: the evaluation seeds, so results
     compare with ``robolearn eval``). A safety stop ends the run with :class:`DeployStop` after the
-    arm is stopped and the episode in flight is recorded."""
+    arm is stopped and the episode in flight is recorded.
+
+    ``shaper`` (on-robot RL, :mod:`robolearn.rl.robot`) is connected to the rig, shapes every tick's
+    action (:class:`DeployLoop`), gives extra store columns and hears of every episode recorded."""
     from robolearn.eval.runner import EVAL_SEED_BASE
 
     cfg.validate()
@@ -222,7 +244,9 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
             op = Operator()
             print("robolearn deploy: keys: " + ", ".join(f"{k} {v}" for k, v in Operator.KEYS.items()),
                   file=sys.stderr, flush=True)
-        loop = DeployLoop(rig, backend, info, cfg, operator=op, view=live_view)
+        if shaper is not None:
+            shaper.connect(rig)
+        loop = DeployLoop(rig, backend, info, cfg, operator=op, view=live_view, shaper=shaper)
         if record:
             from robolearn.data.store import DemoStore
 
@@ -240,7 +264,7 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
                 summary.stopped = str(e)
                 dep = getattr(loop, "last_episode", None)
                 if dep is not None and store is not None:
-                    summary.store_episodes.append(write_rollout(store, dep, rig, policy, task))
+                    summary.store_episodes.append(_record(store, dep, rig, policy, task, shaper))
                 raise
             if next_seed is not None:
                 next_seed += 1
@@ -258,7 +282,7 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
                                         "late_dropped": dep.info["late_dropped"], "held": dep.info["held_ticks"],
                                         "chunks": dep.info["chunks"]})
             if store is not None:
-                summary.store_episodes.append(write_rollout(store, dep, rig, policy, task))
+                summary.store_episodes.append(_record(store, dep, rig, policy, task, shaper))
             if progress is not None:
                 progress(summary)
     finally:
@@ -267,6 +291,8 @@ def deploy(rig_spec: str, policy: str, cfg: DeployConfig, episodes: int = 1, see
             op.close()
         if live_view is not None:
             live_view.close()
+        if shaper is not None:
+            shaper.disconnect()
         if store is not None:
             store.close()
         if rig is not None:

@@ -11,12 +11,15 @@ a re-run skips the cells already there (``--force`` redoes them):
   observation-to-command latency (observation read -> first action of the resulting chunk sent,
   which includes waiting for the next tick) p50/p99; and with the loop at 125 Hz while DDIM-16 runs
   in a thread or in a process of its own, the loop's period jitter (|period - 8 ms|) p50/p99.
+- ``jitter``: that 125 Hz loop with DDIM-16 in its own process, sleeping to each tick vs sleeping to 1 ms
+  before it and spinning (``DeployConfig.spin_s``), ``--rounds`` rounds alternating.
 - ``success``: a trained low-dim lift policy (``--policy RUN``) deployed on ``sim:lift`` on the
   evaluation seeds with 100 ms observation and 60 ms action latency injected (virtual clock,
   inference time as measured), with and without compensation, next to ``robolearn eval``'s figure
   for the same policy and seeds (``--eval-report`` or computed here).
 
     python benchmarks/bench_deploy.py --stage latency [--seconds 8]
+    python benchmarks/bench_deploy.py --stage jitter --seconds 4 --rounds 3
     python benchmarks/bench_deploy.py --stage success --policy RUN [--episodes 50] [--eval-report R/report.json]
     python benchmarks/bench_deploy.py --report
 """
@@ -101,7 +104,8 @@ def twin_dir() -> Path:
     return d
 
 
-def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz: int = 20) -> dict:
+def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz: int = 20,
+                 spin_s: float | None = None) -> dict:
     import torch
 
     from robolearn.deploy.inference import RemoteInference, policy_features_from_info
@@ -127,6 +131,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
     steps = int(seconds * hz)
     # A request every tick (whenever none is in flight): as many latency samples as the loop can take.
     cfg = DeployConfig(max_steps=steps, range_tolerance=10.0, replan_every=1)
+    if spin_s is not None:
+        cfg.spin_s = spin_s
     cwd = os.getcwd()
     os.chdir(twin_dir())
     try:
@@ -154,7 +160,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
             "compute_ms_p50": pct(comp, 50), "round_trip_ms_p50": pct(rt, 50), "round_trip_ms_p99": pct(rt, 99),
             "obs_to_command_ms_p50": pct(o2c, 50), "obs_to_command_ms_p99": pct(o2c, 99),
             "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
-            "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "held_ticks": dep.info["held_ticks"]}
+            "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "held_ticks": dep.info["held_ticks"],
+            "spin_ms": cfg.spin_s * 1e3}
 
 
 def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float,
@@ -194,7 +201,8 @@ def eval_cell(policy: str, episodes: int, report: str | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["latency", "success"], default=None)
+    ap.add_argument("--stage", choices=["latency", "jitter", "success"], default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="stage jitter: rounds of each variant, alternating")
     ap.add_argument("--policy", default=None, help="trained low-dim lift run (stage success)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--eval-report", default=None, help="report.json of `robolearn eval` for --policy")
@@ -219,6 +227,15 @@ def main() -> None:
             if key in done and not args.force:
                 continue
             save(key, latency_cell(name, kind, args.seconds, args.threads, hz))
+    elif args.stage == "jitter":
+        # Side by side, alternating: the loop sleeping to each tick vs sleeping to 1 ms before it and spinning
+        # (DeployConfig.spin_s, the default), DDIM-16 in a process of its own.
+        for r in range(args.rounds):
+            for spin in (0.0, 0.001):
+                key = f"jitter-spin/DDIM-16/process/spin{spin * 1e3:g}ms/round{r}"
+                if key in done and not args.force:
+                    continue
+                save(key, latency_cell("DDIM-16", "process", args.seconds, args.threads, 125, spin_s=spin))
     elif args.stage == "success":
         if not args.policy:
             ap.error("--stage success needs --policy RUN")

@@ -62,6 +62,15 @@ BLENDS = ("none", "ensemble", "inpaint")
 POLICY_STREAM = "policy"  # the store stream of proposed chunks: one row per chunk received
 
 
+def wait_until(t: float, spin_s: float = 0.0) -> None:
+    """Return at ``time.monotonic() >= t``: a sleep to ``spin_s`` before it, a busy wait for the rest."""
+    left = t - time.monotonic()
+    if left > spin_s:
+        time.sleep(left - spin_s)
+    while time.monotonic() < t:
+        pass
+
+
 class DeployStop(RuntimeError):
     """A safety stop: the arm was stopped; the message is one line."""
 
@@ -80,6 +89,9 @@ class DeployConfig:
     inpaint_decay: float = 2.0
     range_tolerance: float = 0.5  # beyond the action range by more than this: a safety stop
     stall_s: float = 1.0  # a camera stream with no new frame for this long: a safety stop
+    # Real-time rigs: sleep until this long before a tick, then spin to it. The kernel's wake-up from a sleep
+    # comes late now and then (ms on a loaded VM); spinning the last stretch trades that CPU for the rate.
+    spin_s: float = 0.001
     max_steps: int | None = None
 
     def validate(self) -> None:
@@ -87,6 +99,8 @@ class DeployConfig:
             raise UserError(f"unknown blend {self.blend!r}; use one of {', '.join(BLENDS)}")
         if self.inject_obs_latency_s < 0 or self.inject_action_latency_s < 0:
             raise UserError("latencies must be >= 0 s")
+        if self.spin_s < 0:
+            raise UserError(f"spin_s must be >= 0 s, got {self.spin_s}")
         if self.replan_every is not None and self.replan_every < 1:
             raise UserError(f"replan_every must be >= 1 tick, got {self.replan_every}")
 
@@ -404,7 +418,7 @@ class DeployLoop:
                 if not self.virtual:  # pace the loop on the wall clock; an overrun does not burst
                     now_w = time.monotonic()
                     if t_next > now_w:
-                        time.sleep(t_next - now_w)
+                        wait_until(t_next, cfg.spin_s)
                     elif now_w - t_next > self.dt:
                         t_next = now_w
                     t_next += self.dt

@@ -25,14 +25,27 @@ class _Rigs:
         from robolearn.rigs import make_rig
 
         cams = [camera] if camera else []
-        self.rigs = [make_rig(f"sim:{task}", cameras=cams, image_size=image_size) for _ in range(n)]
+        # The camera is rendered from the simulator's state only when asked for (bit-identical to rendering
+        # while stepping): evaluations, which read low-dim state only, then step at the physics' speed.
+        self.rigs = [make_rig(f"sim:{task}", cameras=cams, image_size=image_size, defer_cameras=bool(cams))
+                     for _ in range(n)]
+        self.camera = camera
+        self.render = bool(camera)
         self.limit = max_steps or self.rigs[0].max_steps
         self.steps = [0] * n
+
+    def set_render(self, on: bool) -> dict:
+        self.render = bool(on) and self.camera is not None
+        return {}
 
     def _obs(self, j: int) -> Obs:
         from robolearn.rigs.base import flat
 
-        return {k: np.asarray(v) for k, v in flat(self.rigs[j].observe()).items() if k != "sim_state"}
+        obs = {k: np.asarray(v) for k, v in flat(self.rigs[j].observe()).items()}
+        state = obs.pop("sim_state")
+        if self.render:
+            obs.update(self.rigs[j].render_state(state))
+        return obs
 
     def reset(self, seeds: list[tuple[int, int]]) -> dict[int, Obs]:
         out = {}
@@ -141,6 +154,16 @@ class EnvPool:
 
     def reset(self, seeds: Mapping[int, int]) -> dict[int, Obs]:
         return self._call("reset", seeds)
+
+    def set_render(self, on: bool) -> None:
+        """Whether observations carry the camera image (off for evaluations: low-dim only, much faster)."""
+        if self.local is not None:
+            self.local.set_render(on)
+            return
+        for w in range(self.workers):
+            self.conns[w].send(("set_render", on))
+        for w in range(self.workers):
+            self._recv(w)
 
     def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, tuple[Obs, bool, bool]]:
         """Per env: (observation after the action, success, episode over by the step limit)."""

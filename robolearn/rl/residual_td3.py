@@ -480,6 +480,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
 
     def evaluate_now() -> None:
         t0 = time.perf_counter()
+        pool.set_render(False)  # the base and the residual read low-dim state only
         if st["base_success"] is None:
             rb = run_episodes(pool, base, keys, None, eval_seeds)
             st["base_success"] = float(np.mean([rb[s] for s in eval_seeds]))
@@ -502,6 +503,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
         if on_eval is not None:
             on_eval(row)
         st["next_eval"] = st["env_steps"] + cfg.eval.every
+        pool.set_render(True)
         start(list(range(n)))  # evaluation used the envs: fresh training episodes
 
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from eval_helpers import tiny_checkpoint
 
 from robolearn.data.store import DemoStore
@@ -33,7 +34,7 @@ RECIPE = ["learning_starts=8", "batch_size=16", "critic_warmup=0", "policy_delay
 
 
 class Intervener(ExpertTeleop):
-    """The sim expert's hands, taking over on ticks 12-16 of every episode; keeps what it commanded."""
+    """The sim expert's hands, taking over on ticks 20-24 of every episode; keeps what it commanded."""
 
     def reset(self, seed=None):  # noqa: ANN001, ANN201
         super().reset(seed)
@@ -43,7 +44,7 @@ class Intervener(ExpertTeleop):
     def act(self, observation):  # noqa: ANN001, ANN201
         action, _ = super().act(observation)
         self.tick += 1
-        if 12 <= self.tick <= 16:
+        if 20 <= self.tick <= 24:
             self.commanded[self.tick] = np.asarray(action, np.float32)
             return action, True
         return action, False
@@ -93,21 +94,35 @@ def test_on_robot_rl_on_the_twin_with_interventions_and_a_learner_process(ckpt, 
             teleops.append(dict(teleop.commanded))
 
         teleop.reset = reset
-        res = finetune_robot("hardware/sim_twin.yaml", str(ckpt), run, episodes=2, learner=endpoint, teleop=teleop,
-                             overrides=RECIPE, cfg=DeployConfig(max_steps=30), timeout_s=10.0)
-        commanded = [*teleops[1:], dict(teleop.commanded)]  # each episode's, captured at the next reset / the end
-        assert res["episodes"] == 2 and res["recovered"] == []
-        st = res["learner_stats"]
+
+        def kill_in_third_episode() -> None:  # the learner goes away as episode 3 starts
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if len(teleops) == 3:  # the third reset: its first ticks are under way
+                    break
+                time.sleep(0.01)
+            proc.kill()
+
+        threading.Thread(target=kill_in_third_episode, daemon=True).start()
+        # The arm stops with one line; the episode in flight is still stored.
+        with pytest.raises(DeployStop, match=r"^learner tcp://127\.0\.0\.1:\d+ gave no answer for .* arm stopped$"):
+            finetune_robot("hardware/sim_twin.yaml", str(ckpt), run, episodes=3, learner=endpoint, teleop=teleop,
+                           overrides=RECIPE, cfg=DeployConfig(max_steps=60), timeout_s=1.5)
+        commanded = teleops[1:]  # each episode's, captured at the next reset
         store = DemoStore.open(run / "rollouts.zarr")
-        assert store.n_episodes == 2
+        assert store.n_episodes == 3
+        assert store.episode_info(2).notes["stop_reason"].startswith("learner tcp://")
+        # What the learner had after episode 2 (it saves at every episode's end).
+        st = torch.load(run / "state.pt", weights_only=False)["progress"]
         transitions = interventions = 0
+        per_episode = []
         for ep in range(2):
             info = store.episode_info(ep)
             assert info.source == "policy" and info.notes["rl_uid"]
             flags, _ = store.read_column("intervention", ep)
             held, _ = store.read_column("held", ep)  # no base action yet (the first chunk on its way)
             actions = store.read("action", ep)
-            assert np.flatnonzero(flags).tolist() == [12, 13, 14, 15, 16]
+            assert np.flatnonzero(flags).tolist() == [20, 21, 22, 23, 24]
             for t, a in commanded[ep].items():  # the operator's own action went to the arm (within the limits)
                 np.testing.assert_allclose(actions[t], np.clip(a, -1, 1), atol=1e-6)
             res_col, prov = store.read_column("residual", ep)
@@ -115,29 +130,16 @@ def test_on_robot_rl_on_the_twin_with_interventions_and_a_learner_process(ckpt, 
             assert np.all(res_col[flags > 0] == 0) and np.any(res_col[(flags == 0) & (held == 0)] > 0)  # exploring
             # A transition is a tick with a base action: the residual is measured against it.
             transitions += int(np.sum(held == 0))
+            per_episode.append(int(np.sum(held == 0)))
             interventions += int(np.sum((held == 0) & (flags > 0)))
         # Every executed tick reached the learner; the interventions went to its demonstration side too.
         assert st["env_steps"] == transitions and st["episodes"] == 2
-        assert st["interventions"] == interventions == st["intervention_replay"] and interventions >= 5
-        assert st["updates"] == 2 * transitions and st["version"] >= 1
-        # Each episode started with the newest weights: the second with what the first taught.
-        assert res["residual_versions"][0] == 0 and res["residual_versions"][1] >= 1
-        # No journal is left behind: both episodes are in the store.
-        assert not list((run / "journal").glob("*.ticks"))
-        # The learner goes away mid-episode: the arm stops with one line, the episode is still stored.
-        def kill_mid_episode() -> None:  # once the new episode's journal holds a few ticks
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if any(p.stat().st_size > 3000 for p in (run / "journal").glob("*.ticks")):
-                    break
-                time.sleep(0.01)
-            proc.kill()
-
-        threading.Thread(target=kill_mid_episode, daemon=True).start()
-        with pytest.raises(DeployStop, match=r"^learner tcp://127\.0\.0\.1:\d+ gave no answer for .* arm stopped$"):
-            finetune_robot("hardware/sim_twin.yaml", str(ckpt), run, episodes=1, learner=endpoint, teleop=Intervener(),
-                           overrides=RECIPE, cfg=DeployConfig(max_steps=400), timeout_s=1.0)
-        assert DemoStore.open(run / "rollouts.zarr").n_episodes == 3
+        assert st["interventions"] == interventions >= 1
+        # utd=2 updates per tick: those owed for episode 1 were done before episode 2 ended (the state saved then).
+        assert 2 * per_episode[0] <= st["updates"] <= 2 * transitions and st["version"] >= 1
+        # The first episode ran the zero residual; the second, weights the first taught.
+        assert store.episode_info(0).notes["residual_versions"] == [0]
+        assert max(store.episode_info(1).notes["residual_versions"]) >= 1
     finally:
         proc.kill()
         proc.wait()

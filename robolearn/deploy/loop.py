@@ -132,12 +132,22 @@ class TickTrace:
 class Schedule:
     """Actions on the timeline, one slot per control tick (slot = round((t - t0) / dt))."""
 
-    def __init__(self, blend: str, decay: float) -> None:
+    def __init__(self, blend: str, decay: float, keep: int = 64) -> None:
         self.blend, self.decay = blend, decay
         self.slots: dict[int, list[tuple[int, np.ndarray]]] = {}
+        # What was actually sent for recent slots: a chunk computed from an older observation is held to it.
+        self.sent: dict[int, np.ndarray] = {}
+        self.keep = keep
 
     def clear(self) -> None:
         self.slots.clear()
+        self.sent.clear()
+
+    def commit(self, slot: int, action: np.ndarray) -> None:
+        """``action`` was sent to act at ``slot``."""
+        self.sent[slot] = np.asarray(action, np.float32)
+        for s in [s for s in self.sent if s < slot - self.keep]:
+            del self.sent[s]
 
     def merge(self, chunk_id: int, first_slot: int, actions: np.ndarray, earliest: int) -> int:
         """Put ``actions`` at slots ``first_slot, first_slot + 1, ...``; those before ``earliest`` are
@@ -179,8 +189,9 @@ class Schedule:
         return sum(1 for s in self.slots if s >= slot)
 
     def known(self, first_slot: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(mask (n,), actions (n, A)) of what is scheduled at ``first_slot + i``."""
-        rows = [self.action(first_slot + i) for i in range(n)]
+        """(mask (n,), actions (n, A)) of what was sent for ``first_slot + i`` (slots in the past) or is
+        scheduled there."""
+        rows = [(self.sent[s], -1) if s in self.sent else self.action(s) for s in range(first_slot, first_slot + n)]
         if not any(r is not None for r in rows):
             return None
         dim = next(r for r in rows if r is not None)[0].shape
@@ -515,6 +526,7 @@ class DeployLoop:
                 else:
                     result = self.rig.send_action(action)
                     last_sent = action
+                    sched.commit(cur + d_act, action)
                 trace.append(TickTrace(now, time.perf_counter(), o2c, got is None))
                 ep.add(obs, action, intervening)
                 if self.shaper is not None:

@@ -467,11 +467,15 @@ def finetune_robot(rig: str, policy: str, out: str | os.PathLike, episodes: int,
         summary = deploy(rig, str(base_ckpt), cfg or DeployConfig(), episodes=episodes, seed=seed, record=str(store),
                          overrides=rig_overrides, view=view, operator=operator, shaper=shaper, progress=progress,
                          timeout_s=timeout_s)
-        client.ask_stats()
-        client.drain()
+        try:
+            client.ask_stats()
+            client.drain()
+            stats = client.last_stats
+        except LearnerGone as e:  # after the last episode: everything is stored; say so, do not fail
+            stats = {"error": str(e)}
         return {"episodes": summary.episodes, "successes": summary.successes, "steps": summary.steps,
                 "store": str(store), "store_episodes": summary.store_episodes, "recovered": recovered,
-                "learner": learner, "learner_stats": client.last_stats, "residual_versions": shaper.versions_used,
+                "learner": learner, "learner_stats": stats, "residual_versions": shaper.versions_used,
                 "per_episode": summary.per_episode}
     finally:
         if client is not None:

@@ -165,7 +165,7 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
 
 
 def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float,
-                 inference_s: float | None = None) -> dict:
+                 inference_s: float | None = None, replan_every: int | None = None) -> dict:
     from robolearn.deploy.loop import DeployConfig
     from robolearn.deploy.run import deploy
 
@@ -173,12 +173,13 @@ def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s
     # so both sides execute the same actions (an under-trained policy overshoots a rotation now and then; on a
     # robot that is a safety stop, tested in tests/test_deploy.py).
     cfg = DeployConfig(blend=blend, compensate=compensate, inject_obs_latency_s=obs_s, inject_action_latency_s=act_s,
-                       range_tolerance=float("inf"), inference_s=inference_s)
+                       range_tolerance=float("inf"), inference_s=inference_s, replan_every=replan_every)
     t0 = time.perf_counter()
     s = deploy("sim:lift", policy, cfg, episodes=episodes, threads=1)
     return {"policy": policy, "episodes": s.episodes, "successes": s.successes, "success_rate": s.success_rate,
             "compensate": compensate, "blend": blend, "obs_latency_s": obs_s, "action_latency_s": act_s,
             "inference_s": "measured" if inference_s is None else inference_s,
+            "replan_every": replan_every or "auto",
             "late_dropped": s.late_dropped, "held_ticks": s.held_ticks, "steps": s.steps,
             "seconds": time.perf_counter() - t0}
 
@@ -242,13 +243,17 @@ def main() -> None:
         key = f"success/eval/{Path(args.policy).name}"
         if key not in done or args.force:
             save(key, eval_cell(args.policy, args.episodes, args.eval_report))
-        for compensate, blend in ((True, "none"), (False, "none"), (True, "ensemble"), (True, "inpaint")):
+        for compensate, blend, replan in ((True, "none", None), (False, "none", None), (False, "none", 1),
+                                          (True, "ensemble", None), (True, "inpaint", None)):
             inf = "" if args.inference_ms is None else f"/inference{args.inference_ms:g}ms"
-            key = f"success/{Path(args.policy).name}/obs0.1_act0.06{inf}/{'comp' if compensate else 'nocomp'}/{blend}"
+            # Replanning as DeployConfig does by default (as soon as a chunk lands while compensating); the cells
+            # of an earlier default (every n_action_steps) had no /replan-auto in their key.
+            key = (f"success/{Path(args.policy).name}/obs0.1_act0.06{inf}/{'comp' if compensate else 'nocomp'}/"
+                   f"{blend}/replan-{replan or 'auto'}")
             if key in done and not args.force:
                 continue
             save(key, success_cell(args.policy, args.episodes, compensate, blend, 0.1, 0.06,
-                                   None if args.inference_ms is None else args.inference_ms / 1e3))
+                                   None if args.inference_ms is None else args.inference_ms / 1e3, replan))
     data = load()
     print("\n| cell | figures |\n|---|---|")
     for k, v in data.items():

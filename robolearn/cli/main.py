@@ -765,7 +765,8 @@ def _add_deploy_parser(sub: Any) -> None:
                    help="where a local policy runs: a thread, or a server process of its own (auto: a process "
                         "on real-time rigs, a thread in simulation)")
     d.add_argument("--replan-every", type=int, default=None, metavar="TICKS",
-                   help="request a chunk at least this often (default: the policy's n_action_steps)")
+                   help="request a chunk at least this often (default: whenever the last one has landed if a "
+                        "latency is compensated, else every n_action_steps of the policy)")
     d.add_argument("--max-steps", type=int, default=None, help="episode limit in ticks (default: the rig's)")
     d.add_argument("--stall-s", type=float, default=1.0, help="a camera silent this long stops the arm")
     d.add_argument("--server-timeout", type=float, default=2.0, metavar="S",

@@ -147,7 +147,7 @@ def stage_rl(args: argparse.Namespace) -> None:
             key = f"{task}:{reward}"
             run = WORK / f"rl_{task}_{reward}"
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
-                         f"env.n_envs={args.n_envs}", f"env.workers={args.workers}"]
+                         f"env.n_envs={args.n_envs}", f"env.workers={args.workers}", *args.rl_set]
             if reward == "dense":
                 overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true",
                               f"reward.image_size={args.reward_size}"]
@@ -158,8 +158,9 @@ def stage_rl(args: argparse.Namespace) -> None:
                 cell["machine"] = machine()
                 save(res)
 
+            # The base was evaluated on the same seeds when it was chosen: not again.
             out = finetune(base, f"sim:{task}", run, steps=min(target, args.steps), overrides=overrides,
-                           on_eval=on_eval, progress=False)
+                           on_eval=on_eval, progress=False, base_success=res["bases"][task].get("base_success"))
             cell = res["rl"].setdefault(key, {"curve": []})
             cell.update({k: v for k, v in out.items() if k != "curve"})
             cell["command"] = " ".join(sys.argv)
@@ -202,6 +203,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--base-recipe", default="meanflow_lowdim", help="recipe under policies/ for the bases")
     ap.add_argument("--base-set", action="append", default=[], help="extra key=value override for the bases")
+    ap.add_argument("--rl-set", action="append", default=[], help="extra key=value override of the RL recipe")
     ap.add_argument("--reward-size", type=int, default=64, help="camera size (px) of the reward model")
     ap.add_argument("--results", default=str(RESULTS), help="folder of bench_rl.json and rl_work/")
     ap.add_argument("--report", action="store_true")

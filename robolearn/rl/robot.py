@@ -189,6 +189,7 @@ class ResidualShaper:
         self.sac = client.info.get("algo") == "sac"
         self.gen = torch.Generator().manual_seed(seed)
         self.versions_used: list[int] = []
+        self.version = -1  # of the weights in self.actor; -1: the zero-initialised actor
         self.rig: Any = None
         self.journal: Journal | None = None
         self._cur: dict[str, Any] | None = None
@@ -214,6 +215,7 @@ class ResidualShaper:
         if self.client.new_weights is not None:
             self.actor.load_state_dict(self.client.new_weights)
             self.client.new_weights = None
+            self.version = self.client.version
 
     def reset(self, seed: int | None) -> None:
         # Between episodes the arm waits anyway: start each one with the learner's newest weights.
@@ -244,7 +246,7 @@ class ResidualShaper:
                                 "task": self.rig.task_text})
         self.tick = 0
         self.log = []
-        self.versions_used.append(self.client.version)
+        self.versions_used.append(self.version)
 
     def act(self, step: int, obs: Any, proposed: np.ndarray | None) -> tuple[np.ndarray | None, bool]:
         from robolearn.deploy.loop import DeployStop
@@ -298,7 +300,7 @@ class ResidualShaper:
                    "intervention": np.array([cur["intervention"]], bool)}
         self.client.send_rows(self.uid, self.tick, arrays)
         self.log.append({"step": step, "transition": True, "intervention": cur["intervention"], "res": cur["res"],
-                         "base": cur["base"], "action": np.asarray(executed, np.float32), "version": self.client.version})
+                         "base": cur["base"], "action": np.asarray(executed, np.float32), "version": self.version})
         self.tick += 1
 
     def end(self, dep: Any) -> None:

@@ -275,3 +275,12 @@ def test_finetune_cli_mistakes_are_one_line(tmp_path):
                         "--rig", "sim:lift", "--steps", "10", "--out", str(tmp_path / "o"), "algo=ppo"],
                        env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "algo" in r.stderr and "Traceback" not in r.stderr
+    # sim:TASK needs --steps; a robot run refuses the dense reward (the operator marks success there).
+    r = subprocess.run([sys.executable, "-m", "robolearn", "finetune", "--policy", str(tmp_path / "nope"),
+                        "--rig", "sim:lift", "--out", str(tmp_path / "o")],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--steps N" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "robolearn", "finetune", "--policy", str(tmp_path / "nope"),
+                        "--rig", "hardware/sim_twin.yaml", "--episodes", "1", "--reward", "x", "--out", str(tmp_path / "o")],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--reward" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr

@@ -156,6 +156,12 @@ def cmd_data_view(args: argparse.Namespace) -> int:
                                                 file=sys.stderr, flush=True))
     for e, rows in s.rows.items():
         print(f"episode {e}: " + ", ".join(f"{p.split('/', 1)[1]} {n}" for p, n in rows.items()))
+    if args.serve is not None:
+        # After Ctrl-C the viewer's servers may wait at exit for a browser that has gone (seen once in 30 s
+        # under load): everything is printed, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -175,6 +175,13 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
             on_ready(where)
         if sink.startswith("serve"):
             serve_forever()
+            # Stopping the servers can wait on a client that is gone; Ctrl-C must end the process regardless.
+            import threading
+
+            t = threading.Thread(target=rec.disconnect, daemon=True)
+            t.start()
+            t.join(5.0)
+            return summary
         rec.disconnect()
         return summary
     finally:

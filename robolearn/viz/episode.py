@@ -190,8 +190,11 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
 
 def serve_forever() -> None:
     """Keep this process (and the servers it runs) alive until Ctrl-C."""
+    import signal
     import time
 
+    # A parent that ignores SIGINT (a test runner, a launcher) passes that on: Ctrl-C must still stop this.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

@@ -150,8 +150,11 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
         if server is not None:
             server.terminate()
             server.wait(10)
+    # Two views of jitter: each tick's period against 1/hz (a late tick counts twice: long, then short), and
+    # how late the loop woke for each tick against its fixed schedule (cyclictest's wake-up latency).
     period = np.diff(dep.episode.tick_times) * 1e3
     jitter = np.abs(period - 1e3 / hz)
+    late = dep.tick_late_ms if dep.tick_late_ms is not None else np.zeros(1)
     o2c = [t.obs_to_command_ms for t in dep.trace if t.obs_to_command_ms is not None]
     rt = [c.round_trip_ms for c in dep.chunks]
     comp = [c.compute_ms for c in dep.chunks]
@@ -160,8 +163,39 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
             "compute_ms_p50": pct(comp, 50), "round_trip_ms_p50": pct(rt, 50), "round_trip_ms_p99": pct(rt, 99),
             "obs_to_command_ms_p50": pct(o2c, 50), "obs_to_command_ms_p99": pct(o2c, 99),
             "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
-            "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "held_ticks": dep.info["held_ticks"],
+            "ticks_over_2ms_late": float(np.mean(jitter > 2.0)),
+            "wake_late_ms_p50": pct(late, 50), "wake_late_ms_p99": pct(late, 99), "wake_late_ms_max": float(late.max()), "held_ticks": dep.info["held_ticks"],
             "spin_ms": cfg.spin_s * 1e3}
+
+
+def bare_loop_cell(seconds: float, hz: int, spin_s: float, priority: int = 40) -> dict:
+    """The machine's own floor: the deploy loop's pacing (``wait_until``) with nothing else in the tick, at
+    the rig's SCHED_FIFO priority. What a VM's hypervisor takes shows here as well as in the deploy cells."""
+    from robolearn.deploy.loop import wait_until
+
+    fifo = False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        fifo = True
+    except (OSError, AttributeError):
+        pass
+    dt, late, ticks = 1.0 / hz, [], []
+    t = time.monotonic() + dt
+    try:
+        for _ in range(int(seconds * hz)):
+            wait_until(t, spin_s)
+            now = time.monotonic()
+            late.append((now - t) * 1e3)
+            ticks.append(now)
+            t += dt
+    finally:
+        if fifo:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    jitter = np.abs(np.diff(ticks) * 1e3 - 1e3 / hz)
+    return {"policy": "none (bare loop)", "control_hz": hz, "sched_fifo": fifo, "ticks": len(ticks),
+            "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
+            "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "wake_late_ms_p50": pct(late, 50),
+            "wake_late_ms_p99": pct(late, 99), "wake_late_ms_max": float(max(late)), "spin_ms": spin_s * 1e3}
 
 
 def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float,
@@ -231,12 +265,16 @@ def main() -> None:
     elif args.stage == "jitter":
         # Side by side, alternating: the loop sleeping to each tick vs sleeping to 1 ms before it and spinning
         # (DeployConfig.spin_s, the default), DDIM-16 in a process of its own.
+        # Each round also runs the bare pacing loop alone: the floor this machine sets (a VM's hypervisor
+        # stalls a SCHED_FIFO thread for milliseconds now and then, whatever the loop does).
         for r in range(args.rounds):
             for spin in (0.0, 0.001):
                 key = f"jitter-spin/DDIM-16/process/spin{spin * 1e3:g}ms/round{r}"
-                if key in done and not args.force:
-                    continue
-                save(key, latency_cell("DDIM-16", "process", args.seconds, args.threads, 125, spin_s=spin))
+                if key not in done or args.force:
+                    save(key, latency_cell("DDIM-16", "process", args.seconds, args.threads, 125, spin_s=spin))
+                key = f"jitter-spin/bare-loop/spin{spin * 1e3:g}ms/round{r}"
+                if key not in done or args.force:
+                    save(key, bare_loop_cell(args.seconds, 125, spin))
     elif args.stage == "success":
         if not args.policy:
             ap.error("--stage success needs --policy RUN")

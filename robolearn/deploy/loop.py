@@ -249,6 +249,8 @@ class DeployEpisode:
     chunks: list[ChunkRecord]
     trace: list[TickTrace]
     info: dict[str, Any] = field(default_factory=dict)
+    # Real-time rigs: per tick, how late (ms) the loop woke for it against its schedule (cyclictest's latency).
+    tick_late_ms: np.ndarray | None = None
 
 
 class DeployLoop:
@@ -390,6 +392,7 @@ class DeployLoop:
         chunks: list[ChunkRecord] = []
         trace: list[TickTrace] = []
         ticks: list[float] = []
+        late_ms: list[float] = []
         in_flight: dict[str, Any] | None = None
         ready: list[tuple[float, Any, dict[str, Any]]] = []  # virtual clock: replies and when they land
         last_request_step = -(10**9)
@@ -401,6 +404,8 @@ class DeployLoop:
         discard = False
         t0 = next(iter(obs.values())).t_device if self.virtual else time.monotonic()
         t_next = time.monotonic()
+        # What the tick reads: the policy's streams and the control stream; every stream for a live view.
+        want = None if self.view is not None else {CONTROL_STREAM, *self.streams}
         new_chunk_pending: float | None = None  # wall time the newest merged chunk's observation was read
 
         def merge(reply: Any, req: dict[str, Any], t_now: float, slot: int) -> None:
@@ -425,9 +430,11 @@ class DeployLoop:
                         wait_until(t_next, cfg.spin_s)
                     elif now_w - t_next > self.dt:
                         t_next = now_w
+                    if step:
+                        late_ms.append((time.monotonic() - t_next) * 1e3)
                     t_next += self.dt
                     if step:
-                        obs = self.rig.observe()
+                        obs = self.rig.observe(want)
                 wall_obs = time.perf_counter()
                 now = self._now(step, t0)
                 # The timeline slot of this tick: its count in simulation; from the wall clock on a real rig,
@@ -529,7 +536,7 @@ class DeployLoop:
                         "lead_ticks": float(self._lead()), "held": float(got is None)})
                 ended = ep.after(result)
                 if self.virtual:
-                    obs = self.rig.observe()
+                    obs = self.rig.observe(want)
                 if ended:
                     break
                 if self.operator is not None:
@@ -586,9 +593,11 @@ class DeployLoop:
             "clock": "virtual" if self.virtual else "wall", "chunk_actions": self.horizon - self.n_obs_steps + 1,
             "marked": mark,  # the operator's success (True) or failure (False) mark, None without one
         }
+        if late_ms:
+            info["tick_late_ms"] = {f"p{q}": round(float(np.percentile(late_ms, q)), 3) for q in (50, 99, 100)}
         episode = ep.build(seed_used, stopped=stop_reason is not None, info=info, tick_times=ticks)
         episode.success = success
-        out = DeployEpisode(episode, chunks, trace, info)
+        out = DeployEpisode(episode, chunks, trace, info, np.asarray(late_ms) if late_ms else None)
         if self.shaper is not None:  # also after a safety stop: what was collected is kept
             self.shaper.end(out)
         if raise_after is not None:

@@ -9,7 +9,7 @@ this surface only; rigs know nothing of policies or stores.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,8 +126,9 @@ class Rig(ABC):
         return self.observe()
 
     @abstractmethod
-    def observe(self) -> Observation:
-        """The latest sample of every (non-deferred) stream."""
+    def observe(self, streams: Collection[str] | None = None) -> Observation:
+        """The latest sample of every (non-deferred) stream; with ``streams``, at least of those and the
+        control stream (a rig may return more, or skip reading the rest, as cameras whose copy costs time)."""
 
     @abstractmethod
     def send_action(self, action: np.ndarray) -> StepResult:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -142,8 +143,8 @@ class DelayedRig(Rig):
             self._timed.append((time.monotonic(), obs))
         return obs
 
-    def observe(self) -> Observation:
-        obs = self.rig.observe()
+    def observe(self, streams: Collection[str] | None = None) -> Observation:
+        obs = self.rig.observe(streams)
         if not self.realtime:
             self._obs.append(obs)
             while len(self._obs) > self.obs_ticks + 1:

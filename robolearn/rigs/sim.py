@@ -7,7 +7,7 @@ states (bit-identical images; failed attempts that are dropped cost no rendering
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +129,8 @@ class SimRig(Rig):
         self._obs = obs
         return self.observe()
 
-    def observe(self) -> Observation:
+    def observe(self, streams: Collection[str] | None = None) -> Observation:
+        del streams  # the step rendered what it renders; handing it over costs nothing
         if self._obs is None:
             raise RuntimeError(f"{self.name}: reset() the rig before observing")
         t = self.env.sim_time

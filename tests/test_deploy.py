@@ -164,6 +164,37 @@ def test_inpainting_keeps_the_frozen_overlap(kind, sim_rig, tmp_path):
                                atol=1e-5)
 
 
+def test_a_prefix_policy_continues_the_actions_executed_since_its_observation(sim_rig, tmp_path):
+    """Training-time RTC at deployment: with 100 ms observation and 60 ms action latency, every chunk of a
+    flow policy trained with prefix_actions starts with the actions that really acted at its first slots
+    (executed since its observation, or due before it landed), bit for bit; a plain policy's do not."""
+    from eval_helpers import TINY_POLICY
+
+    cfg = dict(inference_s=0.05, max_steps=14, blend="inpaint", inject_obs_latency_s=0.1,
+               inject_action_latency_s=0.06)
+    matched = {}
+    for prefix in (0, 6):
+        ck = tiny_checkpoint(tmp_path / f"ck{prefix}", policy={**TINY_POLICY, "prefix_actions": prefix})
+        b, info, close = make_backend(str(ck))
+        try:
+            assert info.prefix_actions == prefix
+            dep = _run(sim_rig, (b, info), DeployConfig(**cfg))
+        finally:
+            close()
+        # slot -> the action that acted there: sent action_latency earlier (two ticks: 60 ms in whole ticks
+        # of 50 ms, rounded up); nothing acts at slots 0 and 1.
+        acted = {tick + 2: a for tick, a in enumerate(dep.episode.control["action"])}
+        heads = []
+        for c in dep.chunks:
+            first = round(c.t_obs / 0.05)  # the chunk's first action acts at its observation's slot
+            if first - 1 in acted:  # the whole prefix (from the action before the observation) is known
+                heads += [np.allclose(c.actions[i], acted[first + i], atol=1e-6) for i in range(2)]
+        matched[prefix] = (sum(heads), len(heads))
+    n, total = matched[6]
+    assert total >= 8 and n == total, matched
+    assert matched[0][0] < matched[0][1] / 2, matched
+
+
 def test_safety_stops_nan_and_out_of_range(ckpt, sim_rig, tmp_path):
     pol = load_policy(ckpt)
     with torch.no_grad():

@@ -491,3 +491,38 @@ def test_loss_under_cpu_bf16_autocast(policy_type):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
+
+
+def test_flow_with_prefix_actions_continues_the_given_actions():
+    """Training-time real-time chunking: one observation, two equally likely chunks that part from the first
+    action on. Given the first actions of either, every sample continues that one; the given actions come
+    back unchanged. A policy that ignored them would follow the other chunk for about half the noise draws."""
+    torch.manual_seed(0)
+    obs = torch.ones(1, 2, 3)
+    t = torch.linspace(0, 1, 8)[:, None]
+    up = torch.cat([2 * t - 0.5, 0.3 + 0 * t], -1)
+    down = torch.cat([-2 * t - 0.5, -0.3 + 0 * t], -1)
+    chunks = torch.stack([up, down])
+    norm = Normalizer({"state": KeyStats.compute(np.concatenate([obs.reshape(-1, 3).numpy(), np.zeros((1, 3))])),
+                       "action": KeyStats.compute(chunks.reshape(-1, 2).numpy())})
+    policy = make_policy(cfg("flow", num_inference_steps=10, prefix_actions=4), LOWDIM_META)
+    policy.set_normalizer(norm)
+    batch = {"obs": {"state": obs.repeat(32, 1, 1)}, "action": chunks.repeat(16, 1, 1)}
+    train(policy, batch, steps=400)
+    for k, want in ((0, up), (1, down)):
+        for seed in range(6):
+            pred = policy.predict_action({"state": obs}, generator=torch.Generator().manual_seed(seed),
+                                         prefix=chunks[k][None], n_prefix=3)[0]
+            assert torch.equal(pred[:3], chunks[k][:3])
+            err, err_other = (float((pred[3:] - c[3:]).abs().mean()) for c in (want, chunks[1 - k]))
+            assert err < 0.5 and err < err_other / 3, (k, seed, err, err_other)
+    with pytest.raises(ValueError, match="prefix_actions"):
+        policy.predict_action({"state": obs}, prefix=chunks[0][None], n_prefix=5)
+
+
+@pytest.mark.parametrize("policy_type,kw,key", [("meanflow", {"prefix_actions": 2}, "prefix_actions"),
+                                                ("flow", {"prefix_actions": 8}, "prefix_actions")])
+def test_prefix_actions_config_is_checked(policy_type, kw, key):
+    with pytest.raises(ConfigError) as e:
+        make_policy(cfg(policy_type, **kw), LOWDIM_META)
+    assert e.value.key.endswith(key)

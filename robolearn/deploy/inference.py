@@ -103,6 +103,7 @@ def describe_policy(policy: Any, source: str = "") -> dict[str, Any]:
         "n_action_steps": policy.n_action_steps,
         "action_dim": policy.action_dim,
         "num_inference_steps": getattr(policy.config, "num_inference_steps", None),
+        "prefix_actions": int(getattr(policy, "prefix_actions", 0)),
         "obs": {k: {"kind": f.kind, "shape": list(f.shape), "dtype": f.dtype}
                 for k, f in policy.shape_meta.obs.items() if k in policy.obs_keys},
     }
@@ -292,4 +293,4 @@ def policy_features_from_info(info: Mapping[str, Any]) -> Any:
     obs = {k: Feature(tuple(v["shape"]), v["dtype"], v["kind"]) for k, v in info["obs"].items()}
     return SimpleNamespace(obs_keys=list(obs), shape_meta=SimpleNamespace(obs=obs), n_obs_steps=info["n_obs_steps"],
                            horizon=info["horizon"], n_action_steps=info["n_action_steps"],
-                           action_dim=info["action_dim"])
+                           action_dim=info["action_dim"], prefix_actions=int(info.get("prefix_actions", 0)))

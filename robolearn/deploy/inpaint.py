@@ -46,7 +46,16 @@ def overlap_weights(horizon: int, start: int, frozen: int, overlap: int, decay: 
 def predict_inpainted(policy: Any, obs: Mapping[str, Tensor], noise: Tensor, known: Tensor, weights: Tensor,
                       generator: torch.Generator | None = None) -> Tensor:
     """A raw action chunk (B, horizon, A) like ``policy.predict_action``, with ``known`` (B, horizon, A)
-    raw actions imposed where ``weights`` (horizon,) is positive."""
+    raw actions imposed where ``weights`` (horizon,) is positive.
+
+    A policy trained with given leading actions (``prefix_actions``) takes the leading run of weight 1
+    as its prefix instead: the network continues them rather than being pulled towards them."""
+    if getattr(policy, "prefix_actions", 0):
+        n = 0
+        while n < min(policy.prefix_actions, weights.shape[0]) and float(weights[n]) >= 1.0:
+            n += 1
+        if n:
+            return policy.predict_action(obs, noise=noise, generator=generator, prefix=known, n_prefix=n)
     net = policy.inference_net
     cond = net.obs_encoder(policy._prepare_obs(obs, exact=False))  # noqa: SLF001 - the policy's own input path
     dev = policy.device

@@ -22,7 +22,9 @@ builder, the policy/rig feature check are its) with what a real robot needs:
 - **Blending overlapping chunks** (``blend``): ``none`` (the newer chunk replaces the older from its
   first usable action), ``ensemble`` (temporal ensembling: every prediction for a time step averaged
   with weights ``exp(-decay * j)``, j = 0 the oldest, as in ACT), ``inpaint`` (the new chunk is sampled
-  to agree with the actions still to come, :mod:`robolearn.deploy.inpaint`).
+  to agree with the actions still to come, :mod:`robolearn.deploy.inpaint`). A flow policy trained with
+  ``prefix_actions`` is given, instead, the actions that fill its chunk up to where it can act: those
+  executed since its observation and those due before it lands; it continues them (training-time RTC).
 - **A shaper** (optional; on-robot RL, :mod:`robolearn.rl.robot`): every tick, what the schedule gives
   passes through ``shaper.act`` (a residual correction, or a teleoperator taking over: an intervention,
   flagged in the record) before the safety checks; ``shaper.after`` sees what was executed and
@@ -267,6 +269,7 @@ class DeployLoop:
         self.n_obs_steps = int(policy_info.n_obs_steps)
         self.horizon = int(policy_info.horizon)
         self.n_action_steps = int(policy_info.n_action_steps)
+        self.prefix_actions = int(getattr(policy_info, "prefix_actions", 0) or 0)
         self.action_dim = int(policy_info.action_dim)
         want = tuple(rig.action_feature.shape)
         if want != (self.action_dim,):
@@ -346,6 +349,26 @@ class DeployLoop:
                              f"range [{lo[i]:g}, {hi[i]:g}] (tolerance {tol:g}); arm stopped")
         return np.clip(a, lo, hi).astype(np.float32)
 
+    def _prefix(self, first: int, until: int, sched: Schedule, sent: dict[int, np.ndarray]
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The given actions of a chunk whose index 0 acts at slot ``first`` (a prefix policy): at each slot
+        before ``until`` (where the chunk lands, plus the action latency), the action sent to act there or
+        else the one scheduled; stops at the first gap and at the policy's ``prefix_actions``."""
+        acts = np.zeros((self.horizon, self.action_dim), np.float32)
+        w = np.zeros(self.horizon, np.float32)
+        for j in range(min(self.prefix_actions, self.horizon)):
+            s = first + j
+            if s >= until:
+                break
+            a = sent.get(s)
+            if a is None:
+                got = sched.action(s)
+                if got is None:
+                    break
+                a = got[0]
+            acts[j], w[j] = a, 1.0
+        return (acts, w) if w.any() else (None, None)
+
     def _noop(self, last: np.ndarray | None) -> np.ndarray | None:
         """What to send when no action is scheduled: no motion for delta actions, else the last target."""
         if self.bounds is not None:
@@ -393,6 +416,7 @@ class DeployLoop:
         trace: list[TickTrace] = []
         ticks: list[float] = []
         late_ms: list[float] = []
+        sent: dict[int, np.ndarray] = {}  # slot -> the action sent to act at it (policies with a prefix)
         in_flight: dict[str, Any] | None = None
         ready: list[tuple[float, Any, dict[str, Any]]] = []  # virtual clock: replies and when they land
         last_request_step = -(10**9)
@@ -467,7 +491,10 @@ class DeployLoop:
                     noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)[0].numpy()
                     req_obs = {k: v.numpy() for k, v in hist.tensors().items()}
                     known = weights = None
-                    if cfg.blend == "inpaint":
+                    if cfg.blend == "inpaint" and self.prefix_actions:
+                        first = self._slot(t_obs, t0) - (self.n_obs_steps - 1)
+                        known, weights = self._prefix(first, cur + d_act + self._lead(), sched, sent)
+                    elif cfg.blend == "inpaint":
                         # Chunk index n_obs_steps - 1 acts at t_obs; index j at slot first + j - (n_obs - 1).
                         first = self._slot(t_obs, t0) - (self.n_obs_steps - 1)
                         k = sched.known(first, self.horizon)
@@ -526,6 +553,9 @@ class DeployLoop:
                 else:
                     result = self.rig.send_action(action)
                     last_sent = action
+                    if self.prefix_actions:  # what acts at which slot: the given actions of later chunks
+                        sent[cur + d_act] = action
+                        sent.pop(cur + d_act - 2 * self.horizon, None)
                 trace.append(TickTrace(now, time.perf_counter(), o2c, got is None))
                 ep.add(obs, action, intervening)
                 if self.shaper is not None:

@@ -104,7 +104,8 @@ class ConditionalUnet1D(nn.Module):
     Each level has two FiLM residual blocks; all but the last halve the length. Sequences whose length
     is not a multiple of 2 ** (levels - 1) are zero-padded at the end and cropped back."""
 
-    def __init__(self, action_dim: int, cond_dim: int, n_times: int, config: UNetConfig) -> None:
+    def __init__(self, action_dim: int, cond_dim: int, n_times: int, config: UNetConfig,
+                 in_dim: int | None = None) -> None:
         super().__init__()
         check_config(config, "unet")
         k, g, dims = config.kernel_size, config.n_groups, list(config.down_dims)
@@ -112,7 +113,7 @@ class ConditionalUnet1D(nn.Module):
         c = config.time_embed_dim + cond_dim
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
-        cin = action_dim
+        cin = in_dim or action_dim  # more input channels than outputs: conditioning channels (a prefix)
         for i, d in enumerate(dims):
             self.down.append(nn.ModuleList([FiLMResBlock(cin, d, c, k, g), FiLMResBlock(d, d, c, k, g)]))
             if i < len(dims) - 1:
@@ -201,7 +202,7 @@ class TransformerDenoiser(nn.Module):
     autoregressive order to respect, and every action token may use every observation token."""
 
     def __init__(self, action_dim: int, cond_dim: int, n_cond_tokens: int, n_times: int, horizon: int,
-                 config: TransformerConfig) -> None:
+                 config: TransformerConfig, in_dim: int | None = None) -> None:
         super().__init__()
         check_config(config, "transformer")
         if cond_dim % n_cond_tokens:
@@ -211,7 +212,7 @@ class TransformerDenoiser(nn.Module):
         self.time_embed = TimeEmbedding(n_times, config.time_embed_dim)
         self.time_proj = nn.Linear(config.time_embed_dim, d)
         self.cond_proj = nn.Linear(cond_dim // n_cond_tokens, d)
-        self.in_proj = nn.Linear(action_dim, d)
+        self.in_proj = nn.Linear(in_dim or action_dim, d)
         self.pos = nn.Parameter(torch.randn(1, n_cond_tokens + horizon, d) * 0.02)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(_Block(d, config.n_heads, config.mlp_ratio, config.dropout)
@@ -230,9 +231,10 @@ class TransformerDenoiser(nn.Module):
 
 
 def make_backbone(name: str, unet: UNetConfig, transformer: TransformerConfig, *, action_dim: int, cond_dim: int,
-                  n_cond_tokens: int, n_times: int, horizon: int) -> nn.Module:
+                  n_cond_tokens: int, n_times: int, horizon: int, in_dim: int | None = None) -> nn.Module:
+    """The denoiser: (B, horizon, in_dim) in, (B, horizon, action_dim) out; ``in_dim`` defaults to action_dim."""
     if name == "unet":
-        return ConditionalUnet1D(action_dim, cond_dim, n_times, unet)
+        return ConditionalUnet1D(action_dim, cond_dim, n_times, unet, in_dim)
     if name == "transformer":
-        return TransformerDenoiser(action_dim, cond_dim, n_cond_tokens, n_times, horizon, transformer)
+        return TransformerDenoiser(action_dim, cond_dim, n_cond_tokens, n_times, horizon, transformer, in_dim)
     raise ValueError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)}")

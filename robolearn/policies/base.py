@@ -225,9 +225,11 @@ class Policy(nn.Module):
         self.config = resolve_config(config, self.shape_meta)
         cfg = self.config
         encoder = ObsEncoder(self.shape_meta, cfg.encoder, cfg.n_obs_steps)
+        # A policy trained with given leading actions (flow's prefix_actions) also reads them and their mask.
+        in_dim = 2 * self.action_dim + 1 if self.prefix_actions else None
         denoiser = make_backbone(cfg.backbone, cfg.unet, cfg.transformer, action_dim=self.action_dim,
                                  cond_dim=encoder.out_dim, n_cond_tokens=cfg.n_obs_steps, n_times=self.n_times,
-                                 horizon=cfg.horizon)
+                                 horizon=cfg.horizon, in_dim=in_dim)
         self.net = PolicyNet(encoder, denoiser)
         shapes = {k: self.shape_meta.obs[k].tensor_shape for k in encoder.lowdim_keys}
         shapes[self.action_key] = (self.action_dim,)
@@ -251,6 +253,11 @@ class Policy(nn.Module):
     @property
     def action_dim(self) -> int:
         return self.shape_meta.action_dim
+
+    @property
+    def prefix_actions(self) -> int:
+        """How many leading chunk actions the policy can be given (0: none; see FlowConfig)."""
+        return int(getattr(self.config, "prefix_actions", 0) or 0)
 
     @property
     def action_key(self) -> str:
@@ -310,12 +317,16 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, Tensor], *, noise: Tensor | None = None,
-                       generator: torch.Generator | None = None, use_ema: bool = True) -> Tensor:
+                       generator: torch.Generator | None = None, use_ema: bool = True,
+                       prefix: Tensor | None = None, n_prefix: int = 0) -> Tensor:
         """Action chunk (B, horizon, A), unnormalised, for raw observations (B, T >= n_obs_steps, ...).
 
         Only the last ``n_obs_steps`` steps are used. ``noise`` (B, horizon, A) or ``generator`` fixes
         the sampling randomness, for reproducible outputs. Image crops follow the module's mode
-        (random in train mode, centred in eval mode); the EMA copy is always in eval mode."""
+        (random in train mode, centred in eval mode); the EMA copy is always in eval mode.
+
+        Policies trained with ``prefix_actions``: ``prefix`` (B, horizon, A) raw actions whose first
+        ``n_prefix`` (<= prefix_actions) are given; the chunk keeps them and continues from them."""
         net = self.inference_net if use_ema else self.net
         o = self._prepare_obs(obs, exact=False)
         cond = net.obs_encoder(o)
@@ -325,7 +336,15 @@ class Policy(nn.Module):
             noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-        x = self._sample(net, cond, noise.to(self.device, torch.float32), generator)
+        if n_prefix:
+            if not 0 < n_prefix <= self.prefix_actions or prefix is None:
+                raise ValueError(f"this policy takes 0..{self.prefix_actions} given actions (prefix_actions), "
+                                 f"got {n_prefix}" + ("" if prefix is not None else " without the actions"))
+            y = self.normalizer.normalize(self.action_key, prefix.to(self.device, torch.float32))
+            mask = (torch.arange(self.horizon, device=self.device) < n_prefix).float()[None, :, None]
+            x = self._sample(net, cond, noise.to(self.device, torch.float32), generator, prefix=(y, mask))
+        else:
+            x = self._sample(net, cond, noise.to(self.device, torch.float32), generator)
         return self.normalizer.unnormalize(self.action_key, x)
 
     # ------------------------------------------------------------ subclass hooks

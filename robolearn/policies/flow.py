@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robolearn.errors import ConfigError
 from robolearn.policies.base import Policy, PolicyConfig, PolicyNet
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
@@ -45,6 +46,16 @@ class FlowConfig(PolicyConfig):
     time_std: float = field(default=1.0, metadata={"gt": 0.0})
     # t in [0, 1] is multiplied by this before the sinusoidal embedding (the range of diffusion steps).
     time_scale: float = field(default=1000.0, metadata={"gt": 0.0})
+    # Training-time real-time chunking (Black et al., 2025): half the training chunks come with their first
+    # 1..prefix_actions actions given (clean, plus a mask channel) and the loss on the rest only. Deployed
+    # under latency, a new chunk is then sampled to continue the actions that execute while it is computed
+    # (deploy --blend inpaint) instead of contradicting them. 0: off (no extra input channels).
+    prefix_actions: int = field(default=0, metadata={"min": 0})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.horizon is not None and self.prefix_actions >= self.horizon:
+            raise ConfigError(f"must be < horizon ({self.horizon}), got {self.prefix_actions}", key="prefix_actions")
 
 
 class FlowPolicy(Policy):
@@ -54,22 +65,42 @@ class FlowPolicy(Policy):
     config_class = FlowConfig
     n_times = 1
 
+    def _denoise(self, net: PolicyNet, z: Tensor, times: Tensor, cond: Tensor,
+                 prefix: tuple[Tensor, Tensor] | None) -> Tensor:
+        if not self.prefix_actions:
+            return net.denoiser(z, times, cond)
+        y, mask = prefix if prefix is not None else (torch.zeros_like(z), z.new_zeros(1, z.shape[1], 1))
+        mask = mask.expand(z.shape[0], -1, -1)
+        return net.denoiser(torch.cat([z, y * mask, mask], dim=-1), times, cond)
+
     def _loss(self, net: PolicyNet, cond: Tensor, action: Tensor) -> Tensor:
         c = self.config
-        t = _sample_times(action.shape[0], c.time_sampling, c.time_mean, c.time_std, action.device)
+        b, h, _ = action.shape
+        t = _sample_times(b, c.time_sampling, c.time_mean, c.time_std, action.device)
         eps = torch.randn_like(action)
         z = action + t[:, None, None] * (eps - action)
-        v = net.denoiser(z, t[:, None] * c.time_scale, cond)
-        return F.mse_loss(v, eps - action)
+        if not c.prefix_actions:
+            return F.mse_loss(net.denoiser(z, t[:, None] * c.time_scale, cond), eps - action)
+        # Half the batch as plain chunks (as evaluation runs them), half with 1..prefix_actions actions given.
+        n = torch.randint(1, c.prefix_actions + 1, (b,), device=action.device)
+        n = torch.where(torch.rand(b, device=action.device) < 0.5, torch.zeros_like(n), n)
+        mask = (torch.arange(h, device=action.device)[None, :] < n[:, None]).float()[..., None]
+        z = mask * action + (1.0 - mask) * z  # the given actions enter clean, as at deployment
+        v = self._denoise(net, z, t[:, None] * c.time_scale, cond, (action, mask))
+        free = 1.0 - mask
+        return ((v - (eps - action)).pow(2) * free).sum() / (free.sum() * action.shape[-1]).clamp_min(1.0)
 
-    def _sample(self, net: PolicyNet, cond: Tensor, noise: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _sample(self, net: PolicyNet, cond: Tensor, noise: Tensor, generator: torch.Generator | None,
+                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         n = self.config.num_inference_steps
         z = noise
         t = torch.empty(noise.shape[0], 1, device=noise.device)
         for i in range(n):
-            v = net.denoiser(z, t.fill_((1.0 - i / n) * self.config.time_scale), cond)
+            if prefix is not None:
+                z = prefix[1] * prefix[0] + (1.0 - prefix[1]) * z
+            v = self._denoise(net, z, t.fill_((1.0 - i / n) * self.config.time_scale), cond, prefix)
             z = z - v / n
-        return z
+        return z if prefix is None else prefix[1] * prefix[0] + (1.0 - prefix[1]) * z
 
 
 @dataclass
@@ -92,6 +123,11 @@ class MeanFlowConfig(FlowConfig):
     # Adaptive loss weight 1 / (err + eps) ** power (stop-gradient); 0 gives plain MSE.
     adaptive_weight_power: float = field(default=1.0, metadata={"min": 0.0})
     adaptive_weight_eps: float = field(default=1e-3, metadata={"gt": 0.0})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prefix_actions:
+            raise ConfigError("is rectified flow's (type: flow); MeanFlow takes no given actions", key="prefix_actions")
 
 
 class MeanFlowPolicy(Policy):

@@ -12,7 +12,7 @@ from torch import nn
 
 from robolearn.data.dataset import WindowDataset
 from robolearn.data.normalizer import KeyStats, Normalizer
-from robolearn.errors import ConfigError
+from robolearn.errors import ConfigError, UserError
 from robolearn.policies import (
     EMA,
     EMAConfig,
@@ -526,3 +526,18 @@ def test_prefix_actions_config_is_checked(policy_type, kw, key):
     with pytest.raises(ConfigError) as e:
         make_policy(cfg(policy_type, **kw), LOWDIM_META)
     assert e.value.key.endswith(key)
+
+
+def test_a_checkpoint_without_a_newer_config_field_loads_as_its_default(tmp_path):
+    """Checkpoints written before a config field existed (here prefix_actions) load with its default, and
+    still refuse a model that sets it otherwise."""
+    policy, _, _ = lowdim_policy("flow")
+    save_checkpoint(policy, tmp_path / "ck")
+    cfg_file = tmp_path / "ck" / "config.json"
+    data = json.loads(cfg_file.read_text())
+    del data["config"]["prefix_actions"]
+    cfg_file.write_text(json.dumps(data))
+    assert load_policy(tmp_path / "ck").prefix_actions == 0
+    other = make_policy(cfg("flow", prefix_actions=2), LOWDIM_META)
+    with pytest.raises(UserError, match="prefix_actions"):
+        load_state_into(other, tmp_path / "ck")

@@ -11,8 +11,9 @@ a re-run skips the cells already there (``--force`` redoes them):
   observation-to-command latency (observation read -> first action of the resulting chunk sent,
   which includes waiting for the next tick) p50/p99; and with the loop at 125 Hz while DDIM-16 runs
   in a thread or in a process of its own, the loop's period jitter (|period - 8 ms|) p50/p99.
-- ``jitter``: that 125 Hz loop with DDIM-16 in its own process, sleeping to each tick vs sleeping to 1 ms
-  before it and spinning (``DeployConfig.spin_s``), ``--rounds`` rounds alternating.
+- ``jitter``: that 125 Hz loop with DDIM-16 in its own process, with idle CPUs polling or halting (the
+  rig file's ``cpu_idle_poll``), beside the bare pacing loop alone (the machine's floor); ``--rounds``
+  rounds alternating. Jitter both as |period - 8 ms| and as each tick's wake-up lateness.
 - ``success``: a trained low-dim lift policy (``--policy RUN``) deployed on ``sim:lift`` on the
   evaluation seeds with 100 ms observation and 60 ms action latency injected (virtual clock,
   inference time as measured), with and without compensation, next to ``robolearn eval``'s figure
@@ -105,7 +106,7 @@ def twin_dir() -> Path:
 
 
 def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz: int = 20,
-                 spin_s: float | None = None) -> dict:
+                 spin_s: float | None = None, idle_poll: bool = True) -> dict:
     import torch
 
     from robolearn.deploy.inference import RemoteInference, policy_features_from_info
@@ -137,7 +138,8 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
     os.chdir(twin_dir())
     try:
         rig = make_deploy_rig("hardware/sim_twin.yaml", info, cfg,
-                              overrides=[f"control_hz={hz}", "max_episode_s=600", "arm.watchdog_s=2.0"])
+                              overrides=[f"control_hz={hz}", "max_episode_s=600", "arm.watchdog_s=2.0",
+                                         f"cpu_idle_poll={str(idle_poll).lower()}"])
         try:
             loop = DeployLoop(rig, backend, info, cfg)
             with realtime_control(rig) as fifo:
@@ -165,13 +167,14 @@ def latency_cell(name: str, backend_kind: str, seconds: float, threads: int, hz:
             "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
             "ticks_over_2ms_late": float(np.mean(jitter > 2.0)),
             "wake_late_ms_p50": pct(late, 50), "wake_late_ms_p99": pct(late, 99), "wake_late_ms_max": float(late.max()), "held_ticks": dep.info["held_ticks"],
-            "spin_ms": cfg.spin_s * 1e3}
+            "spin_ms": cfg.spin_s * 1e3, "cpu_idle_poll": idle_poll}
 
 
-def bare_loop_cell(seconds: float, hz: int, spin_s: float, priority: int = 40) -> dict:
+def bare_loop_cell(seconds: float, hz: int, spin_s: float, priority: int = 40, qos_on: bool = True) -> dict:
     """The machine's own floor: the deploy loop's pacing (``wait_until``) with nothing else in the tick, at
     the rig's SCHED_FIFO priority. What a VM's hypervisor takes shows here as well as in the deploy cells."""
     from robolearn.deploy.loop import wait_until
+    from robolearn.record import cpu_latency_qos, release_qos
 
     fifo = False
     try:
@@ -179,6 +182,7 @@ def bare_loop_cell(seconds: float, hz: int, spin_s: float, priority: int = 40) -
         fifo = True
     except (OSError, AttributeError):
         pass
+    qos = cpu_latency_qos() if fifo and qos_on else None  # as realtime_control holds it for the deploy loop
     dt, late, ticks = 1.0 / hz, [], []
     t = time.monotonic() + dt
     try:
@@ -189,13 +193,15 @@ def bare_loop_cell(seconds: float, hz: int, spin_s: float, priority: int = 40) -
             ticks.append(now)
             t += dt
     finally:
+        release_qos(qos)
         if fifo:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     jitter = np.abs(np.diff(ticks) * 1e3 - 1e3 / hz)
     return {"policy": "none (bare loop)", "control_hz": hz, "sched_fifo": fifo, "ticks": len(ticks),
             "jitter_ms_p50": pct(jitter, 50), "jitter_ms_p99": pct(jitter, 99),
             "ticks_over_2ms_late": float(np.mean(jitter > 2.0)), "wake_late_ms_p50": pct(late, 50),
-            "wake_late_ms_p99": pct(late, 99), "wake_late_ms_max": float(max(late)), "spin_ms": spin_s * 1e3}
+            "wake_late_ms_p99": pct(late, 99), "wake_late_ms_max": float(max(late)), "spin_ms": spin_s * 1e3,
+            "cpu_latency_qos": qos is not None}
 
 
 def success_cell(policy: str, episodes: int, compensate: bool, blend: str, obs_s: float, act_s: float,
@@ -265,16 +271,17 @@ def main() -> None:
     elif args.stage == "jitter":
         # Side by side, alternating: the loop sleeping to each tick vs sleeping to 1 ms before it and spinning
         # (DeployConfig.spin_s, the default), DDIM-16 in a process of its own.
-        # Each round also runs the bare pacing loop alone: the floor this machine sets (a VM's hypervisor
-        # stalls a SCHED_FIFO thread for milliseconds now and then, whatever the loop does).
+        # Alternating, each round: the deploy loop (DDIM-16 in its own process) and the bare pacing loop alone
+        # (the floor this machine sets), each with idle CPUs polling (the rig default, cpu_idle_poll) and
+        # halting. The pacing is the default's (sleep to 1 ms before the tick, spin the rest).
         for r in range(args.rounds):
-            for spin in (0.0, 0.001):
-                key = f"jitter-spin/DDIM-16/process/spin{spin * 1e3:g}ms/round{r}"
+            for poll in (True, False):
+                key = f"jitter-poll/DDIM-16/process/poll-{'on' if poll else 'off'}/round{r}"
                 if key not in done or args.force:
-                    save(key, latency_cell("DDIM-16", "process", args.seconds, args.threads, 125, spin_s=spin))
-                key = f"jitter-spin/bare-loop/spin{spin * 1e3:g}ms/round{r}"
+                    save(key, latency_cell("DDIM-16", "process", args.seconds, args.threads, 125, idle_poll=poll))
+                key = f"jitter-poll/bare-loop/poll-{'on' if poll else 'off'}/round{r}"
                 if key not in done or args.force:
-                    save(key, bare_loop_cell(args.seconds, 125, spin))
+                    save(key, bare_loop_cell(args.seconds, 125, 0.001, qos_on=poll))
     elif args.stage == "success":
         if not args.policy:
             ap.error("--stage success needs --policy RUN")

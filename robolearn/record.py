@@ -316,6 +316,34 @@ def _realtime_thread(priority: int) -> bool:
     return True
 
 
+def cpu_latency_qos() -> int | None:
+    """Keep every CPU out of idle states that take long to leave while a control loop runs: a PM QoS
+    request of 0 us on /dev/cpu_dma_latency, as cyclictest makes. Idle CPUs then poll instead of halting;
+    on a VM a halted vCPU wakes only when the host schedules it again, which made a bare 125 Hz loop here
+    miss its tick by 3-10 ms now and then. Returns the descriptor to close (which withdraws the request),
+    None where the file is missing or not writable (not root)."""
+    import struct
+
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        os.write(fd, struct.pack("i", 0))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_qos(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class _Collector:
     """A rig and its teleoperator, running attempts (in this process or a worker)."""
 
@@ -353,6 +381,8 @@ class _Collector:
         # After every device process and reader thread has started: they keep normal scheduling.
         self._rt = self.rig.realtime and _realtime_thread(getattr(getattr(self.rig, "config", None),
                                                                   "realtime_priority", 0))
+        self._qos = cpu_latency_qos() if self._rt and getattr(getattr(self.rig, "config", None),
+                                                               "cpu_idle_poll", False) else None
         if self.rig.realtime:
             # Everything imported so far (MuJoCo, robosuite, torch...) out of the collector's sight: a
             # full collection over those objects would stall a control tick for tens of milliseconds.
@@ -472,6 +502,7 @@ class _Collector:
     def close(self) -> None:
         if self._rt:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            release_qos(getattr(self, "_qos", None))
         try:
             if getattr(self, "view", None) is not None:
                 view, self.view = self.view, None

@@ -427,3 +427,26 @@ def test_deploy_records_and_summarises(ckpt, tmp_path):
     assert 0 < len(ticks) <= len(executed) and np.all(np.diff(ticks) > 0)
     np.testing.assert_allclose(np.array(rrd.col("/live/action", "Scalars:scalars")), executed[ticks - 1], rtol=1e-6)
     assert rrd.rows("/live/chunk/executing") > 0
+
+
+@pytest.mark.skipif(not os.access("/dev/cpu_dma_latency", os.W_OK), reason="needs /dev/cpu_dma_latency (root)")
+def test_realtime_control_keeps_cpus_polling_while_the_loop_runs():
+    """The kernel's PM QoS target (what /dev/cpu_dma_latency reads) is 0 us inside the real-time section
+    of a rig with cpu_idle_poll, back to what it was after it, and untouched without the option."""
+    import struct
+    from types import SimpleNamespace
+
+    from robolearn.deploy.run import realtime_control
+
+    def target() -> int:
+        with open("/dev/cpu_dma_latency", "rb") as f:
+            return struct.unpack("i", f.read(4))[0]
+
+    before = target()
+    for poll in (True, False):
+        rig = SimpleNamespace(realtime=True, config=SimpleNamespace(realtime_priority=10, cpu_idle_poll=poll))
+        with realtime_control(rig) as rt:
+            inside = target()
+        assert rt and inside == (0 if poll else before), (poll, inside, before)
+        assert target() == before
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -165,22 +165,27 @@ def _record(store: Any, dep: DeployEpisode, rig: Any, policy: str, task: str, sh
 def realtime_control(rig: Any) -> Iterator[bool]:
     """On a real-time rig, run the calling thread (the control loop) under SCHED_FIFO at the rig file's
     ``realtime_priority`` (as ``record`` does), with the objects imported so far frozen out of the garbage
-    collector's sight; threads and processes started before keep normal scheduling. Yields whether it is."""
+    collector's sight and the CPUs kept out of slow idle states (:func:`~robolearn.record.cpu_latency_qos`);
+    threads and processes started before keep normal scheduling. Yields whether it is."""
     import gc
     import os
 
-    rt = False
+    rt, qos = False, None
     if rig.realtime:
-        from robolearn.record import _realtime_thread
+        from robolearn.record import _realtime_thread, cpu_latency_qos
 
         rt = _realtime_thread(int(getattr(getattr(rig, "config", None), "realtime_priority", 0) or 0))
+        qos = cpu_latency_qos() if rt and getattr(getattr(rig, "config", None), "cpu_idle_poll", False) else None
         gc.collect()
         gc.freeze()
     try:
         yield rt
     finally:
         if rt:
+            from robolearn.record import release_qos
+
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            release_qos(qos)
 
 
 def _wait_for_start(op: Operator) -> bool:

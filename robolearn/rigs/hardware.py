@@ -61,6 +61,9 @@ class RigConfig:
     # SCHED_FIFO priority of the recorder's control loop (Linux, root or CAP_SYS_NICE), below the arm's
     # servo loop (50); 0: normal scheduling. Without it a busy machine delays ticks by milliseconds.
     realtime_priority: int = field(default=40, metadata={"min": 0, "max": 99})
+    # While that loop runs, keep idle CPUs polling instead of halting (PM QoS, /dev/cpu_dma_latency = 0):
+    # a halted CPU, or a VM's halted vCPU, can wake milliseconds late. Costs idle CPU time (power).
+    cpu_idle_poll: bool = True
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def validate(self) -> None:

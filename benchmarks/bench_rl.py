@@ -144,8 +144,8 @@ def stage_rl(args: argparse.Namespace) -> None:
     # run still compares sparse and dense, can and square, at the same step counts.
     for target in range(args.chunk, args.steps + args.chunk, args.chunk):
         for task, reward, base in cells:
-            key = f"{task}:{reward}"
-            run = WORK / f"rl_{task}_{reward}"
+            key = f"{task}:{reward}" + (f":{args.variant}" if args.variant else "")
+            run = WORK / (f"rl_{task}_{reward}" + (f"_{args.variant}" if args.variant else ""))
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
                          f"env.n_envs={args.n_envs}", f"env.workers={args.workers}", *args.rl_set]
             if reward == "dense":
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--base-recipe", default="meanflow_lowdim", help="recipe under policies/ for the bases")
     ap.add_argument("--base-set", action="append", default=[], help="extra key=value override for the bases")
     ap.add_argument("--rl-set", action="append", default=[], help="extra key=value override of the RL recipe")
+    ap.add_argument("--variant", default="", help="stage rl: a name for runs with other --rl-set overrides (own folder and key)")
     ap.add_argument("--reward-size", type=int, default=64, help="camera size (px) of the reward model")
     ap.add_argument("--results", default=str(RESULTS), help="folder of bench_rl.json and rl_work/")
     ap.add_argument("--report", action="store_true")

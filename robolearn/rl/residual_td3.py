@@ -60,6 +60,8 @@ class DemoSection:
     store: str = "auto"  # auto: the store the base was trained on; "": no demonstrations
     ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # share of every batch
     episodes: int | None = field(default=None, metadata={"min": 1})
+    # Only the steps whose action the residual can reach from the base's (see replay.demo_transitions).
+    within_bound: bool = False
 
 
 @dataclass
@@ -419,7 +421,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     if cfg.demos.ratio > 0 and demo_store:
         if not Path(demo_store).exists():
             raise UserError(f"demonstration store {demo_store} is missing; set demos.store=PATH or demos.ratio=0")
-        demos = demo_transitions(base, keys, demo_store, cfg.n_step, cfg.gamma, a.scale, cfg.demos.episodes)
+        demos = demo_transitions(base, keys, demo_store, cfg.n_step, cfg.gamma, a.scale, cfg.demos.episodes,
+                                 within_bound=cfg.demos.within_bound)
 
     def save_state() -> None:
         ResidualPolicy(base, actor, str(base_ckpt), keys).save(

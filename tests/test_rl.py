@@ -133,6 +133,32 @@ def test_replay_mixes_demonstrations_half_and_half_and_round_trips(tmp_path):
 # ---------------------------------------------------------------- the critic, the actor
 
 
+def test_demo_transitions_within_bound_keep_only_reachable_steps(tmp_path):
+    """From a base far from the expert most demonstrated steps lie beyond the residual's reach: within_bound
+    drops exactly those (every kept residual inside the bound, in order, a subset of all), and with a bound
+    that reaches everything it keeps every step."""
+    from robolearn.policies.checkpoint import load_policy
+    from robolearn.record import RecordConfig, record
+    from robolearn.rl.replay import demo_transitions
+
+    store = tmp_path / "lift.zarr"
+    record(RecordConfig(rig="sim:lift", out=str(store), episodes=1, seed=0, workers=1))
+    policy = load_policy(tiny_checkpoint(tmp_path / "ck"))
+    keys = lowdim_keys(policy)
+
+    def residuals(scale: float, within: bool) -> np.ndarray:
+        buf = demo_transitions(policy, keys, store, 3, 0.99, scale, within_bound=within)
+        return buf.data["residual"][: len(buf)]
+
+    gap = residuals(1e6, False)  # unclipped: demonstrated minus base action, normalised
+    scale = float(np.median(np.abs(gap).max(axis=1)))  # about half the steps within reach
+    every, kept = residuals(scale, False), residuals(scale, True)
+    assert len(every) == len(gap) and 0 < len(kept) < len(every)
+    assert np.all(np.abs(kept) <= scale + 1e-6)
+    np.testing.assert_array_equal(kept, gap[np.abs(gap).max(axis=1) <= scale + 1e-6])  # those steps, in order
+    assert len(residuals(1e6, True)) == len(gap)
+
+
 def test_critic_learns_the_value_of_a_chain():
     """A 5-state chain walked left to right, reward 1 on reaching the end: Q(s) = gamma^(4-s)."""
     length, gamma = 5, 0.9

@@ -89,11 +89,11 @@ def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
     out = tmp_path / "killed.zarr"
     rng = random.Random(20261121)
     kills, committed_seen, runs = 0, [], 0
-    while kills < 6 and runs < 30:
+    while kills < 4 and runs < 30:
         runs += 1
         have = DemoStore.open(out).n_episodes if out.exists() else 0
         if have >= N_EPISODES:
-            if kills >= 4:
+            if kills >= 3:
                 break
             # It finished before it could be killed often enough (a fast machine): again, from scratch.
             shutil.rmtree(out)
@@ -118,7 +118,7 @@ def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
         for i in range(store.n_episodes):
             _assert_same_episode(store, ref, i)
     print(f"SIGKILLs: {kills}; committed episodes seen after each: {committed_seen}")
-    assert kills >= 4, "the recorder finished before it could be killed enough times"
+    assert kills >= 3, "the recorder finished before it could be killed enough times"
     # finish the job: the store continues where the killed runs stopped and ends up identical
     have = DemoStore.open(out).n_episodes
     if have < N_EPISODES:

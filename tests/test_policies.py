@@ -508,14 +508,14 @@ def test_flow_with_prefix_actions_continues_the_given_actions():
     policy = make_policy(cfg("flow", num_inference_steps=10, prefix_actions=4), LOWDIM_META)
     policy.set_normalizer(norm)
     batch = {"obs": {"state": obs.repeat(32, 1, 1)}, "action": chunks.repeat(16, 1, 1)}
-    train(policy, batch, steps=400)
+    train(policy, batch, steps=300)
     for k, want in ((0, up), (1, down)):
         for seed in range(6):
             pred = policy.predict_action({"state": obs}, generator=torch.Generator().manual_seed(seed),
                                          prefix=chunks[k][None], n_prefix=3)[0]
             assert torch.equal(pred[:3], chunks[k][:3])
             err, err_other = (float((pred[3:] - c[3:]).abs().mean()) for c in (want, chunks[1 - k]))
-            assert err < 0.5 and err < err_other / 3, (k, seed, err, err_other)
+            assert err < 0.5 and err < err_other / 2, (k, seed, err, err_other)
     with pytest.raises(ValueError, match="prefix_actions"):
         policy.predict_action({"state": obs}, prefix=chunks[0][None], n_prefix=5)
 

@@ -183,9 +183,12 @@ class DemoStore:
                 raise StoreError(f"{self.path}: episodes/info is missing but {self._n} episodes are committed") from None
             # a store being created right now by its writer: empty so far
             self._info, col_groups = None, []
-        self.columns: dict[str, dict[str, zarr.Array]] = {
-            name: {"values": g["values"], "provenance": g["provenance"]} for name, g in col_groups
-        }
+        self.columns: dict[str, dict[str, zarr.Array]] = {}
+        for name, g in col_groups:
+            try:
+                self.columns[name] = {"values": g["values"], "provenance": g["provenance"]}
+            except KeyError:  # being declared right now by a writer: nothing committed in it yet
+                continue
         self._ends_cache: dict[str, np.ndarray] = {}
         self._info_cache: list[EpisodeInfo] | None = None
 

@@ -61,6 +61,7 @@ class DemoSection:
     ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # share of every batch
     episodes: int | None = field(default=None, metadata={"min": 1})
     # Only the steps whose action the residual can reach from the base's (see replay.demo_transitions).
+    # Off: on can from a 0.18 base it did worse (0.08 against 0.40 at 50k env steps, README).
     within_bound: bool = False
 
 

@@ -447,6 +447,8 @@ def test_realtime_control_keeps_cpus_polling_while_the_loop_runs():
         rig = SimpleNamespace(realtime=True, config=SimpleNamespace(realtime_priority=10, cpu_idle_poll=poll))
         with realtime_control(rig) as rt:
             inside = target()
-        assert rt and inside == (0 if poll else before), (poll, inside, before)
+        if not rt:
+            pytest.skip("no permission for SCHED_FIFO here: the real-time section is not entered")
+        assert inside == (0 if poll else before), (poll, inside, before)
         assert target() == before
         assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -456,9 +456,8 @@ class DeployLoop:
                         t_next = now_w
                     if step:
                         late_ms.append((time.monotonic() - t_next) * 1e3)
-                    t_next += self.dt
-                    if step:
                         obs = self.rig.observe(want)
+                    t_next += self.dt
                 wall_obs = time.perf_counter()
                 now = self._now(step, t0)
                 # The timeline slot of this tick: its count in simulation; from the wall clock on a real rig,
@@ -491,17 +490,16 @@ class DeployLoop:
                     noise = torch.randn((1, self.horizon, self.action_dim), generator=gen)[0].numpy()
                     req_obs = {k: v.numpy() for k, v in hist.tensors().items()}
                     known = weights = None
-                    if cfg.blend == "inpaint" and self.prefix_actions:
-                        first = self._slot(t_obs, t0) - (self.n_obs_steps - 1)
-                        known, weights = self._prefix(first, cur + d_act + self._lead(), sched, sent)
-                    elif cfg.blend == "inpaint":
+                    if cfg.blend == "inpaint":
                         # Chunk index n_obs_steps - 1 acts at t_obs; index j at slot first + j - (n_obs - 1).
                         first = self._slot(t_obs, t0) - (self.n_obs_steps - 1)
-                        k = sched.known(first, self.horizon)
-                        if k is not None:
+                        frozen_until = cur + d_act + self._lead()  # due before the new chunk lands
+                        k = None if self.prefix_actions else sched.known(first, self.horizon)
+                        if self.prefix_actions:
+                            known, weights = self._prefix(first, frozen_until, sched, sent)
+                        elif k is not None:
                             mask, acts = k
                             idx = np.flatnonzero(mask)
-                            frozen_until = cur + d_act + self._lead()  # due before the new chunk lands
                             n_frozen = int(np.sum(first + idx < frozen_until))
                             w = overlap_weights(self.horizon, int(idx[0]), n_frozen, int(idx[-1] - idx[0] + 1),
                                                 cfg.inpaint_decay)

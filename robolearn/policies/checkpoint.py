@@ -135,16 +135,15 @@ def load_state_into(policy: Policy, path: str | os.PathLike, *, ignore_fields: I
     problems: list[str] = []
     if meta["policy_type"] != policy.policy_type:
         problems.append(f"policy type: checkpoint {meta['policy_type']!r}, model {policy.policy_type!r}")
-    ignore_fields = list(ignore_fields)
-    asked = list(ignore_fields)
+    mine_cfg = config_to_dict(policy.config)
+    every = config_diff(meta["config"], mine_cfg)
+    checked = config_diff(meta["config"], mine_cfg, ignore_fields)
     # A field added since the checkpoint was written reads as its default (checkpoints stay loadable).
     defaults = flatten_dict(config_to_dict(type(policy.config)()))
-    ignore_fields += [k for k, (theirs, mine) in config_diff(meta["config"], config_to_dict(policy.config)).items()
-                      if theirs == "<absent>" and k in defaults and defaults[k] == mine]
-    for name, (theirs, mine) in config_diff(meta["config"], config_to_dict(policy.config), ignore_fields).items():
-        problems.append(f"config {name}: checkpoint {theirs!r}, model {mine!r}")
-    overridden = config_diff(meta["config"], config_to_dict(policy.config)).keys() - set(
-        config_diff(meta["config"], config_to_dict(policy.config), asked))
+    for name, (theirs, mine) in checked.items():
+        if not (theirs == "<absent>" and name in defaults and defaults[name] == mine):
+            problems.append(f"config {name}: checkpoint {theirs!r}, model {mine!r}")
+    overridden = every.keys() - checked.keys()
     # Read through ShapeMeta so that checkpoints written with the older tensor-layout form compare equal.
     for name, (theirs, mine) in config_diff(ShapeMeta.from_json(meta["shape_meta"]).to_json(),
                                             policy.shape_meta.to_json(), ("n_obs_steps", "horizon")).items():

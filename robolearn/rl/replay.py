@@ -118,7 +118,7 @@ def demo_transitions(policy: Any, keys: list[str], store_path: str | Path, n_ste
     ``within_bound``: keep only the steps whose demonstrated action the residual can reach from the base's
     (|demo - base| <= scale in every dimension). A clipped step would credit a residual at its bound with
     the return of an action it cannot take; from a weak base that is most steps (53% of the entries of the
-    can bench's demos), and the actor learns to push every dimension to the bound."""
+    can bench's demos). Off by default: dropping them did worse there (README, Residual RL)."""
     import torch
 
     from robolearn.data.store import DemoStore

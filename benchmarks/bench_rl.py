@@ -49,6 +49,10 @@ def save(res: dict[str, Any]) -> None:
     os.replace(tmp, OUT)
 
 
+def base_key(task: str, args: argparse.Namespace) -> str:
+    return task + (f":{args.base_tag}" if args.base_tag else "")
+
+
 def stage_bases(args: argparse.Namespace) -> None:
     import torch
 
@@ -60,7 +64,7 @@ def stage_bases(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
     res = load()
     for task in args.tasks:
-        cell = res["bases"].setdefault(task, {"demos": args.demos, "checkpoints": {}})
+        cell = res["bases"].setdefault(base_key(task, args), {"demos": args.demos, "checkpoints": {}})
         if cell.get("chosen"):
             continue
         store = WORK / f"{task}_{args.demos}.zarr"
@@ -68,7 +72,7 @@ def stage_bases(args: argparse.Namespace) -> None:
             t0 = time.time()
             record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.demos, seed=0))
             cell["record_s"] = time.time() - t0
-        run = WORK / f"base_{task}"
+        run = WORK / (f"base_{task}" + (f"_{args.base_tag}" if args.base_tag else ""))
         recipe = load_recipe(ROOT / "policies" / f"{args.base_recipe}.yaml",
                              [*BASE_OVERRIDES, *args.base_set, f"train.steps={args.base_steps}",
                               f"train.ckpt_every={args.ckpt_every}"])
@@ -135,7 +139,7 @@ def stage_rl(args: argparse.Namespace) -> None:
     res = load()
     cells = []
     for task in args.tasks:
-        base = res["bases"].get(task, {}).get("chosen")
+        base = res["bases"].get(base_key(task, args), {}).get("chosen")
         if not base:
             print(f"{task}: no base chosen yet; run --stage bases first", flush=True)
             continue
@@ -160,7 +164,7 @@ def stage_rl(args: argparse.Namespace) -> None:
 
             # The base was evaluated on the same seeds when it was chosen: not again.
             out = finetune(base, f"sim:{task}", run, steps=min(target, args.steps), overrides=overrides,
-                           on_eval=on_eval, progress=False, base_success=res["bases"][task].get("base_success"))
+                           on_eval=on_eval, progress=False, base_success=res["bases"][base_key(task, args)].get("base_success"))
             cell = res["rl"].setdefault(key, {"curve": []})
             cell.update({k: v for k, v in out.items() if k != "curve"})
             cell["command"] = " ".join(sys.argv)
@@ -205,6 +209,8 @@ def main() -> None:
     ap.add_argument("--base-set", action="append", default=[], help="extra key=value override for the bases")
     ap.add_argument("--rl-set", action="append", default=[], help="extra key=value override of the RL recipe")
     ap.add_argument("--variant", default="", help="stage rl: a name for runs with other --rl-set overrides (own folder and key)")
+    ap.add_argument("--base-tag", default="", help="a name for bases trained with other settings (own folder and "
+                    "key); stage rl fine-tunes that base")
     ap.add_argument("--reward-size", type=int, default=64, help="camera size (px) of the reward model")
     ap.add_argument("--results", default=str(RESULTS), help="folder of bench_rl.json and rl_work/")
     ap.add_argument("--report", action="store_true")

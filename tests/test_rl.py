@@ -231,6 +231,52 @@ def test_residual_corrects_a_biased_base_on_a_toy_task(algo):
     assert after >= 0.9, after
 
 
+def test_actor_reg_pulls_an_unrewarded_residual_back_to_the_base():
+    """Where no correction earns value (every reward 0), actor.reg shrinks the residual; without it the
+    residual stays where the critic's noise leaves it."""
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(256, 3)), "base": rng.uniform(-1, 1, (256, 2)),
+             "residual": rng.uniform(-0.1, 0.1, (256, 2)), "reward": np.zeros(256), "discount": np.full(256, 0.97),
+             "next_obs": rng.normal(size=(256, 3)), "next_base": rng.uniform(-1, 1, (256, 2))}
+    mags = {}
+    for reg in (0.0, 1.0):
+        torch.manual_seed(0)
+        learner = ResidualLearner(_recipe("actor.hidden=32", "critic.hidden=32", f"actor.reg={reg}"), 3, 2)
+        with torch.no_grad():  # start away from zero: a residual at half its bound
+            learner.actor.net[-1].bias.fill_(0.55)
+        o, b = torch.from_numpy(batch["obs"]).float(), torch.from_numpy(batch["base"]).float()
+        for _ in range(300):
+            logs = learner.update(batch, train_actor=True)
+        with torch.no_grad():
+            mags[reg] = float(learner.actor(o, b).abs().mean())
+        assert ("residual_penalty" in logs) == (reg > 0)
+    assert mags[1.0] < 0.01 < mags[0.0], mags
+
+
+def test_env_pool_steps_async_like_in_lockstep():
+    """step_async + step_wait returns what step does, with work done in between; one step at a time."""
+    from robolearn.rl.envs import EnvPool
+
+    a = np.zeros(7, np.float32)
+    a[0] = 0.5
+    got = []
+    for overlap in (False, True):
+        with EnvPool("lift", 2, workers=1, max_steps=5) as pool:
+            pool.reset({0: 3, 1: 4})
+            for _ in range(3):
+                if overlap:
+                    pool.step_async({0: a, 1: -a})
+                    with pytest.raises(RuntimeError, match="in flight"):
+                        pool.step_async({0: a})
+                    r = pool.step_wait()
+                else:
+                    r = pool.step({0: a, 1: -a})
+            got.append(r)
+    for i in (0, 1):
+        np.testing.assert_array_equal(got[0][i][0]["robot0_eef_pos"], got[1][i][0]["robot0_eef_pos"])
+        assert got[0][i][1:] == got[1][i][1:]
+
+
 # ---------------------------------------------------------------- robolearn finetune end to end
 
 

@@ -103,13 +103,16 @@ class EnvPool:
         self.n_envs = n_envs
         self.max_steps = max_steps or self.task.horizon
         self.workers = min(workers, n_envs)
+        self._inflight: tuple[str, dict[int, dict[int, Any]]] | None = None
         if self.workers == 0:
             self.local: _Rigs | None = _Rigs(task, n_envs, camera, image_size, max_steps)
             self.owner = [(0, j) for j in range(n_envs)]
+            self._back = {(0, j): j for j in range(n_envs)}
             return
         self.local = None
         per = [n_envs // self.workers + (w < n_envs % self.workers) for w in range(self.workers)]
         self.owner = [(w, j) for w in range(self.workers) for j in range(per[w])]
+        self._back = {(w, j): i for i, (w, j) in enumerate(self.owner)}
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
         for w in range(self.workers):
@@ -135,21 +138,34 @@ class EnvPool:
         return payload
 
     def _call(self, cmd: str, per_env: Mapping[int, Any]) -> dict[int, Any]:
+        self._send(cmd, per_env)
+        return self._gather()
+
+    def _send(self, cmd: str, per_env: Mapping[int, Any]) -> None:
+        if self._inflight is not None:
+            raise RuntimeError("EnvPool: a step is still in flight; call step_wait() first")
         by_worker: dict[int, dict[int, Any]] = {}
         for i, v in per_env.items():
             w, j = self.owner[i]
             by_worker.setdefault(w, {})[j] = v
-        back = {(w, j): i for i, (w, j) in enumerate(self.owner)}
-        out: dict[int, Any] = {}
+        if self.local is None:  # in-process pools do the work at _gather
+            for w, arg in by_worker.items():
+                self.conns[w].send((cmd, list(arg.items()) if cmd == "reset" else arg))
+        self._inflight = (cmd, by_worker)
+
+    def _gather(self) -> dict[int, Any]:
+        if self._inflight is None:
+            raise RuntimeError("EnvPool: nothing in flight")
+        cmd, by_worker = self._inflight
+        self._inflight = None
         if self.local is not None:
             arg = by_worker.get(0, {})
             res = getattr(self.local, cmd)(list(arg.items()) if cmd == "reset" else arg)
-            return {back[(0, j)]: v for j, v in res.items()}
-        for w, arg in by_worker.items():
-            self.conns[w].send((cmd, list(arg.items()) if cmd == "reset" else arg))
+            return {self._back[(0, j)]: v for j, v in res.items()}
+        out: dict[int, Any] = {}
         for w in by_worker:
             for j, v in self._recv(w).items():
-                out[back[(w, j)]] = v
+                out[self._back[(w, j)]] = v
         return out
 
     def reset(self, seeds: Mapping[int, int]) -> dict[int, Obs]:
@@ -168,6 +184,14 @@ class EnvPool:
     def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, tuple[Obs, bool, bool]]:
         """Per env: (observation after the action, success, episode over by the step limit)."""
         return self._call("step", actions)
+
+    def step_async(self, actions: Mapping[int, np.ndarray]) -> None:
+        """Start a step on the workers and return at once; ``step_wait`` collects it. The caller's own work
+        in between (gradient updates) overlaps with the physics. In-process pools step at ``step_wait``."""
+        self._send("step", actions)
+
+    def step_wait(self) -> dict[int, tuple[Obs, bool, bool]]:
+        return self._gather()
 
     def close(self) -> None:
         if self.local is not None:

@@ -45,6 +45,9 @@ class ActorSection:
     layers: int = field(default=2, metadata={"min": 1})
     scale: float = field(default=0.1, metadata={"gt": 0.0})  # bound of the correction, normalised units
     lr: float = field(default=3e-4, metadata={"gt": 0.0})
+    # Pull toward the base (TD3+BC-style): the actor loss becomes -Q / mean|Q| + reg * mean((residual/scale)^2),
+    # so a correction must buy value to stay. 0: plain -Q.
+    reg: float = field(default=0.0, metadata={"min": 0.0})
 
 
 @dataclass
@@ -160,8 +163,8 @@ class ResidualLearner:
         self.actor = ResidualActor(ActorConfig(obs_dim, action_dim, a.hidden, a.layers, a.scale, stochastic=self.sac))
         self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
-        self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr)
-        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=c.lr)
+        self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr, foreach=True)
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=c.lr, foreach=True)
         self.log_alpha = torch.tensor(float(np.log(cfg.sac.init_alpha)), requires_grad=True)
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=a.lr)
         self.target_entropy = cfg.sac.target_entropy if cfg.sac.target_entropy is not None else -float(action_dim)
@@ -202,9 +205,16 @@ class ResidualLearner:
         if train_actor:  # after the critic-only warm-up, every policy_delay updates
             if self.sac:
                 res, logp = self.actor.sample(o, b)
-                loss_a = (self.log_alpha.exp().detach() * logp - critic(o, b, res).mean(0)).mean()
+                q_pi = critic(o, b, res).mean(0)
+                loss_a = (self.log_alpha.exp().detach() * logp - q_pi).mean()
             else:
-                loss_a = -critic(o, b, self.actor(o, b)).mean()
+                res = self.actor(o, b)
+                q_pi = critic(o, b, res).mean(0)
+                loss_a = -q_pi.mean()
+            if cfg.actor.reg > 0:  # Q normalised so that reg means the same whatever the reward's scale
+                pen = (res / scale).pow(2).mean()
+                loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6) + cfg.actor.reg * pen
+                logs["residual_penalty"] = float(pen.detach())
             self.opt_a.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_a.step()
@@ -236,9 +246,16 @@ class ResidualLearner:
 
 
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters(), strict=True):
-            t.lerp_(s, tau)
+    with torch.no_grad():  # one fused call: per-tensor lerps cost more than the update's matmuls here
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def _fill_defaults(d: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for k, v in defaults.items():
+        if k not in d:
+            d[k] = v
+        elif isinstance(v, dict) and isinstance(d[k], dict):
+            _fill_defaults(d[k], v)
 
 
 def _task_of(rig: str) -> str:
@@ -369,6 +386,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             raise UserError(f"{out} fine-tunes another base or rig; choose a new --out")
         # How many processes step the envs changes nothing learnt: a resumed run may use another count.
         mine = json.loads(json.dumps(run_info["recipe"]))
+        # A field added to the recipe since that run started holds its default there.
+        _fill_defaults(prev["recipe"], json.loads(json.dumps(asdict(FinetuneRecipe()))))
         for r in (prev["recipe"], mine):
             r["env"].pop("workers", None)
         if prev["recipe"] != mine:
@@ -528,7 +547,15 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             for i, p in pending.items():
                 collector.add(i, *p, next_obs=f[i].numpy(), next_base=bn[i].numpy(), terminal=False, end=False)
             pending.clear()
-            results = pool.step({i: act[i] for i in envs})
+            # Updates run while the workers step the physics (they see the buffer up to the last tick).
+            pool.step_async({i: act[i] for i in envs})
+            if len(online) >= cfg.learning_starts:
+                for _ in range(cfg.utd * n):
+                    st["updates"] += 1
+                    train_actor = st["env_steps"] >= cfg.critic_warmup and st["updates"] % cfg.policy_delay == 0
+                    batch = sample_mixed(online, demos, cfg.batch_size, cfg.demos.ratio, rng)
+                    logs.update(learner.update(batch, train_actor))
+            results = pool.step_wait()
             ended = []
             for i in envs:
                 o2, succ, trunc = results[i]
@@ -564,12 +591,6 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             bar.update(n)
             if ended:
                 start(ended)
-            if len(online) >= cfg.learning_starts:
-                for _ in range(cfg.utd * n):
-                    st["updates"] += 1
-                    train_actor = st["env_steps"] >= cfg.critic_warmup and st["updates"] % cfg.policy_delay == 0
-                    batch = sample_mixed(online, demos, cfg.batch_size, cfg.demos.ratio, rng)
-                    logs.update(learner.update(batch, train_actor))
             if st["env_steps"] % cfg.log_every < n:
                 es = st["env_steps"]
                 sps = (es - steps_at_start) / max(time.perf_counter() - t_start, 1e-9)

@@ -44,9 +44,21 @@ def load() -> dict[str, Any]:
 
 def save(res: dict[str, Any]) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
+    tmp = OUT.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(res, indent=2))
     os.replace(tmp, OUT)
+
+
+def save_rl_cell(res: dict[str, Any], key: str) -> None:
+    """Write one RL cell into the file as it is now (other variants may run beside this process)."""
+    import fcntl
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = load()
+        now.setdefault("rl", {})[key] = res["rl"][key]
+        save(now)
 
 
 def base_key(task: str, args: argparse.Namespace) -> str:
@@ -160,7 +172,7 @@ def stage_rl(args: argparse.Namespace) -> None:
                 cell = res["rl"].setdefault(key, {"curve": []})
                 cell["curve"] = [r for r in cell["curve"] if r["env_steps"] < row["env_steps"]] + [row]
                 cell["machine"] = machine()
-                save(res)
+                save_rl_cell(res, key)
 
             # The base was evaluated on the same seeds when it was chosen: not again.
             out = finetune(base, f"sim:{task}", run, steps=min(target, args.steps), overrides=overrides,
@@ -171,7 +183,7 @@ def stage_rl(args: argparse.Namespace) -> None:
             for thr in (0.8, 0.9):
                 hit = [r["env_steps"] for r in cell["curve"] if r["success"] >= thr]
                 cell[f"steps_to_{thr}"] = hit[0] if hit else None
-            save(res)
+            save_rl_cell(res, key)
             print(f"{key}: {out['env_steps']} env steps, success {out['base_success']:.2f} -> {out['success']:.2f}, "
                   f"{out['env_steps_per_s']:.1f} env steps/s", flush=True)
 

@@ -260,8 +260,8 @@ def test_env_pool_steps_async_like_in_lockstep():
     a = np.zeros(7, np.float32)
     a[0] = 0.5
     got = []
-    for overlap in (False, True):
-        with EnvPool("lift", 2, workers=1, max_steps=5) as pool:
+    with EnvPool("lift", 2, workers=1, max_steps=5) as pool:  # one worker process for both passes
+        for overlap in (False, True):
             pool.reset({0: 3, 1: 4})
             for _ in range(3):
                 if overlap:

@@ -12,6 +12,7 @@ that persists, or a port that vanishes, stops the arm through the controller's f
 from __future__ import annotations
 
 import json
+import termios
 import time
 from typing import Any
 
@@ -27,6 +28,9 @@ RESOLUTION = 4096  # ticks per turn (STS3215, XL430, XL330)
 # backend "sdk": the vendor SDK's group sync read/write here; "lerobot": lerobot's motor bus classes
 # (FeetechMotorsBus / DynamixelMotorsBus, with lerobot's own normalisation), for setups built with lerobot.
 DEFAULTS = {"retries": 3, "torque_off_on_disconnect": False, "backend": "sdk"}
+# What a vanished adapter raises: pyserial's SerialException (an OSError), and termios.error (not an
+# OSError) from the flush/drain the SDKs call before each packet.
+PORT_GONE = (OSError, termios.error)
 
 
 def load_calibration(path: Any, names: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -146,7 +150,7 @@ class BusArm(Arm):
         for _ in range(int(self.opt["retries"])):
             try:
                 result = fn()
-            except OSError as e:  # pyserial's SerialException is an OSError: the adapter is gone
+            except PORT_GONE as e:  # the adapter is gone
                 raise RuntimeError(
                     f"{self.cfg.type} bus on {self.cfg.serial_port} disconnected ({what}): {e}"
                 ) from None
@@ -269,7 +273,7 @@ class LeRobotBusArm(BusArm):
                 self._bus.connect()
                 self._bus.enable_torque(num_retry=int(self.opt["retries"]) - 1)
                 break
-            except (ConnectionError, OSError, RuntimeError) as e:
+            except (ConnectionError, RuntimeError, *PORT_GONE) as e:
                 if self._bus.is_connected:
                     self._bus.port_handler.closePort()
                 if attempt + 1 == int(self.opt["retries"]):
@@ -282,7 +286,7 @@ class LeRobotBusArm(BusArm):
     def _call(self, fn: Any, what: str) -> Any:
         try:
             return fn()
-        except (ConnectionError, OSError, RuntimeError) as e:
+        except (ConnectionError, RuntimeError, *PORT_GONE) as e:
             raise RuntimeError(
                 f"{self.cfg.type} bus on {self.cfg.serial_port} (lerobot): {what}: {' '.join(str(e).split())}"
             ) from None

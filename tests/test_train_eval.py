@@ -44,7 +44,7 @@ def test_train_resume_and_eval(store, tmp_path):
 
     out = tmp_path / "eval"
     ev = run("eval", "--policy", str(run_dir), "--task", "lift", "--episodes", "2", "--n-envs", "2", "--videos", "1",
-             "--out", str(out))
+             "--max-steps", "60", "--out", str(out))
     assert ev.returncode == 0, ev.stderr
     report = json.loads((out / "report.json").read_text())
     r = report["results"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -272,6 +273,13 @@ def test_env_pool_steps_async_like_in_lockstep():
                 else:
                     r = pool.step({0: a, 1: -a})
             got.append(r)
+        # A worker killed mid-run (OOM killer, a crash in the simulator) fails the next step at once,
+        # naming the worker and its exit, instead of hanging until the no-progress timeout.
+        os.kill(pool.procs[0].pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"RL env worker 0 \(pid \d+\) died \(exit code -9\)"):
+            pool.step({0: a, 1: -a})
+        assert time.monotonic() - t0 < 10
     for i in (0, 1):
         np.testing.assert_array_equal(got[0][i][0]["robot0_eef_pos"], got[1][i][0]["robot0_eef_pos"])
         assert got[0][i][1:] == got[1][i][1:]

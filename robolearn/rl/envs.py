@@ -7,6 +7,7 @@ a worker only steps its rigs. ``workers=0`` keeps the rigs in this process (test
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from robolearn.errors import UserError
+
+WORKER_TIMEOUT_S = 600.0  # one step or reset taking longer than this is a hung worker
 
 Obs = dict[str, np.ndarray]
 
@@ -120,17 +123,23 @@ class EnvPool:
             p = ctx.Process(target=_worker, args=(b, (task, per[w], camera, image_size, max_steps)), daemon=True,
                             name=f"robolearn-rl-env-{w}")
             p.start()
+            b.close()  # the worker's end lives in the worker only: its death is an EOF here, not a hang
             self.conns.append(a)
             self.procs.append(p)
         for w in range(self.workers):
             self._recv(w)
 
     def _recv(self, w: int) -> Any:
-        if not self.conns[w].poll(600):
-            raise RuntimeError(f"RL env worker {w} made no progress for 600 s")
+        t0 = time.monotonic()
+        while not self.conns[w].poll(1.0):
+            if not self.procs[w].is_alive():
+                break  # recv() below reports the death with its exit code
+            if time.monotonic() - t0 > WORKER_TIMEOUT_S:
+                raise RuntimeError(f"RL env worker {w} made no progress for {WORKER_TIMEOUT_S:.0f} s")
         try:
             kind, payload = self.conns[w].recv()
-        except EOFError:
+        except (EOFError, ConnectionResetError):  # the worker died (reset: it died with our message unread)
+            self.procs[w].join(2)  # reaped, so its exit code is known
             raise RuntimeError(f"RL env worker {w} (pid {self.procs[w].pid}) died "
                                f"(exit code {self.procs[w].exitcode})") from None
         if kind == "error":

@@ -84,7 +84,7 @@ def _worker(conn: Any, args: tuple) -> None:
             if cmd == "close":
                 break
             conn.send(("ok", getattr(rigs, cmd)(payload)))
-    except (EOFError, KeyboardInterrupt):
+    except (EOFError, ConnectionError, KeyboardInterrupt):  # the parent is gone or stopping: nothing to report
         pass
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))

@@ -160,8 +160,10 @@ def stage_rl(args: argparse.Namespace) -> None:
     # run still compares sparse and dense, can and square, at the same step counts.
     for target in range(args.chunk, args.steps + args.chunk, args.chunk):
         for task, reward, base in cells:
-            key = f"{task}:{reward}" + (f":{args.variant}" if args.variant else "")
-            run = WORK / (f"rl_{task}_{reward}" + (f"_{args.variant}" if args.variant else ""))
+            # A run on a tagged base is named after the tag unless it has a variant name of its own.
+            variant = args.variant or args.base_tag
+            key = f"{task}:{reward}" + (f":{variant}" if variant else "")
+            run = WORK / (f"rl_{task}_{reward}" + (f"_{variant}" if variant else ""))
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
                          f"env.n_envs={args.n_envs}", f"env.workers={args.workers}", *args.rl_set]
             if reward == "dense":

@@ -90,3 +90,26 @@ def twin_playback_dir(d: Path, frames: int) -> list[Path]:
         return make_playback("hardware/sim_twin.yaml", frames=frames)
     finally:
         os.chdir(cwd)
+
+
+def pid_running(pid: int | str) -> bool:
+    """Whether process ``pid`` still runs; a zombie (exited, not yet reaped by whoever adopted it) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out.update(kids)
+            todo += kids
+    return out

@@ -29,6 +29,8 @@ from robolearn.hardware.arms.interp import (
 )
 from robolearn.rigs import RigError
 
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
+
 FAST = dict(max_linear_speed=1.5, max_angular_speed=6.0)  # lets the sim task's full-scale actions through
 REPO = Path(__file__).resolve().parents[1]
 

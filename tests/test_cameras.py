@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pid_running
 
 pytest.importorskip("pyrealsense2")
 
@@ -21,6 +22,8 @@ from robolearn.errors import ConfigError, MissingFileError  # noqa: E402
 from robolearn.hardware.cameras import CameraConfig, PlaybackEnded, open_camera  # noqa: E402
 from robolearn.hardware.cameras.playback import RecordedFrame, recording_info, write_recording  # noqa: E402
 from robolearn.rigs import RigError  # noqa: E402
+
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
 
 W, H, FPS = 32, 24, 30
 T0_MS = 1_763_700_000_000.0  # a global-time timestamp (ms since the epoch)
@@ -327,14 +330,8 @@ if __name__ == "__main__":
     assert r.returncode == -signal.SIGKILL, r.stderr
     pid, ring = r.stdout.split()
 
-    def running() -> bool:  # a zombie (exited, not yet reaped by whoever adopted it) counts as gone
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-
     deadline = time.time() + 10
-    while time.time() < deadline and (running() or Path(f"/dev/shm/{ring.lstrip('/')}").exists()):
+    while time.time() < deadline and (pid_running(pid) or Path(f"/dev/shm/{ring.lstrip('/')}").exists()):
         time.sleep(0.05)
-    assert not running()  # the camera process noticed and stopped
+    assert not pid_running(pid)  # the camera process noticed and stopped
     assert not Path(f"/dev/shm/{ring.lstrip('/')}").exists()  # the resource tracker unlinked the ring

@@ -18,6 +18,8 @@ import pytest
 from robolearn.data.inspect import verify
 from robolearn.data.store import DemoStore
 
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
+
 N_EPISODES = 6
 ARGS = ["--rig", "sim:lift", "--teleop", "expert", "--cameras", "agentview", "--image-size", "32", "--seed", "0", "-q"]
 

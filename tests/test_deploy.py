@@ -31,6 +31,8 @@ from robolearn.rigs import make_rig
 from robolearn.rigs.delayed import DelayedRig
 from robolearn.rollout import PolicyAgent, policy_features, run_batched
 
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [1_000_000, 1_000_001]
 

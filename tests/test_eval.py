@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from eval_helpers import tiny_checkpoint
+from helpers import descendants, pid_running
 
 from robolearn.eval import EvalFailed, evaluate, load_suite
 from robolearn.eval.runner import FAULT_ENV
@@ -79,3 +81,46 @@ def test_hung_worker_fails_the_run_with_its_seed(ckpt, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "hang:1000000")
     with pytest.raises(EvalFailed, match=r"made no progress for 3s while running seed\(s\) 1000000"):
         evaluate(ckpt, "lift", episodes=2, workers=1, n_envs=1, max_steps=4, videos=0, worker_timeout=3.0)
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Live multiprocessing-spawned processes below ``pid`` (its workers, not its resource tracker)."""
+    out = []
+    for p in descendants(pid):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if pid_running(p) and "spawn_main" in cmd:
+            out.append(p)
+    return out
+
+
+@pytest.mark.realtime
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_workers_stop_when_the_evaluating_process_is_killed(ckpt):
+    """SIGKILL skips the parent's clean-up: its workers must notice and stop, not finish their episodes
+    and then wait for seeds forever holding a core each."""
+    code = (f"from robolearn.eval import evaluate\n"
+            f"evaluate({str(ckpt)!r}, 'lift', episodes=400, workers=2, n_envs=2, videos=0)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(FAULT_ENV, None)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(kids := _spawned_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(kids) == 2, "the two eval workers did not start"
+        time.sleep(8)  # into their episodes (policy loaded, sims stepping)
+        assert all(pid_running(k) for k in kids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(pid_running(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [k for k in kids if pid_running(k)]
+    for k in left:
+        os.kill(k, 9)
+    assert not left, f"eval workers {left} outlived their killed parent"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import descendants, pid_running
 
 from robolearn.data.inspect import verify
 from robolearn.data.schema import EpisodeInfo
@@ -27,6 +28,8 @@ from robolearn.rigs import make_rig, rig_class
 from robolearn.rigs.hardware import HardwareRig, load_rig_config
 from robolearn.rigs.playback import pattern
 from robolearn.teleop.replay import ReplayTeleop
+
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 45  # frames per playback recording (1.5 s at 30 fps; the cameras loop over them)
@@ -117,20 +120,6 @@ def test_rig_files_load_and_errors_name_the_key(tmp_path):
         make_rig("hardware/sim_twin.yaml", cameras=["x"])
 
 
-def _descendants(pid: int) -> set[int]:
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out.update(kids)
-            todo += kids
-    return out
-
-
 def test_record_on_the_twin_end_to_end_and_sigkill(twin_dir):
     # The CLI, as a user runs it, through every real process: twin world, arm controller, two camera
     # processes, the store writer. The sim expert drives the twin (reading a mirror of the twin's
@@ -144,15 +133,14 @@ def test_record_on_the_twin_end_to_end_and_sigkill(twin_dir):
         _wait(lambda: proc.poll() is not None or _episodes(out) >= 2, 240,
               "two episodes")
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        procs = _descendants(proc.pid)
+        procs = descendants(proc.pid)
         assert len(procs) >= 5  # 2 cameras, arm controller, twin world, store writer
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait(lambda: not [p for p in procs if Path(f"/proc/{p}").exists()
-                       and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"], 30,
+    _wait(lambda: not [p for p in procs if pid_running(p)], 30,
           "the device processes to end with the recorder")
     v = subprocess.run([sys.executable, "-m", "robolearn", "data", "verify", str(out)], env=_env(),
                        capture_output=True, text=True, timeout=120)

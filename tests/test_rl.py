@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from robolearn.rl.residual import (
     load_residual,
     lowdim_keys,
 )
-from robolearn.rl.residual_td3 import ResidualLearner
+from robolearn.rl.residual_td3 import ExploreNoise, ResidualLearner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,6 +255,65 @@ def test_actor_reg_pulls_an_unrewarded_residual_back_to_the_base():
     assert mags[1.0] < 0.01 < mags[0.0], mags
 
 
+def test_correlated_exploration_noise_keeps_its_std_and_persists():
+    """AR(1) noise: the same per-tick std as white noise, lag-1 autocorrelation rho, so a push lasts;
+    a reset env starts afresh while the others keep their state; rho 0 is white noise."""
+    for corr in (0.0, 0.9):
+        ex = ExploreNoise(4, 7, std=0.05, corr=corr, seed=0)
+        x = torch.stack([ex.sample() for _ in range(20000)]).numpy()  # (T, envs, dims)
+        assert abs(x.std() - 0.05) < 0.002, (corr, x.std())
+        lag1 = np.mean([np.corrcoef(x[:-1, e, d], x[1:, e, d])[0, 1] for e in range(4) for d in range(7)])
+        assert abs(lag1 - corr) < 0.03, (corr, lag1)
+        # Over 10 ticks the summed noise grows ~10x the std when correlated, ~sqrt(10)x when white.
+        s10 = x[: 20000 // 10 * 10].reshape(-1, 10, 4, 7).sum(1).std() / 0.05
+        assert (s10 > 6.5) if corr else (2.6 < s10 < 3.7), (corr, s10)
+    ex = ExploreNoise(2, 500, std=1.0, corr=0.99, seed=1)
+    before = ex.sample()
+    ex.reset(0)
+    step = ex.sample() - 0.99 * before  # the innovation: std sqrt(1 - 0.99^2) = 0.14 where the push goes on
+    assert float(step[1].std()) < 0.2 < 1.0 < float(step[0].std())  # env 1 continues, env 0 drew afresh
+    with pytest.raises(ValueError, match="explore_corr"):
+        ExploreNoise(1, 1, 0.1, 1.0)
+    with pytest.raises(UserError, match="explore_corr"):  # the recipe says so at load time
+        _recipe("explore_corr=1.0")
+
+
+def test_per_dimension_bound_limits_each_dimension_and_travels_with_the_actor():
+    """actor.dim_scale: the bound is scale x multiplier per action dimension, for the actor's output,
+    explored and target actions and demo residuals, while the pull toward the base stays in units of
+    scale; exploration noise may be per dimension; a wrong length or a non-positive entry is a config
+    error naming the key."""
+    cfg = _recipe("actor.hidden=16", "critic.hidden=16", "actor.scale=0.1", "actor.dim_scale=[1,3,0.5]",
+                  "explore_noise=5.0")
+    learner = ResidualLearner(cfg, 4, 3)
+    bound = torch.tensor([0.1, 0.3, 0.05])
+    assert torch.allclose(learner.scale, bound)
+    with torch.no_grad():
+        learner.actor.net[-1].bias.fill_(10.0)  # saturate: every output at its bound
+    o, b = torch.randn(64, 4), torch.rand(64, 3) * 2 - 1
+    assert torch.allclose(learner.actor(o, b), bound.expand(64, 3), atol=1e-6)
+    explored = learner.act(o, b, explore=True)  # noise 5 x scale: clamped to each dimension's bound
+    assert torch.all(explored.abs() <= bound + 1e-6) and torch.all(explored.abs().amax(0) > 0.9 * bound)
+    # The pull toward the base is in units of actor.scale in every dimension: a wider bound is reach,
+    # not a weaker pull (a saturated actor pays (bound / 0.1)^2 = 1, 9, 0.25).
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(32, 4)), "base": rng.uniform(-1, 1, (32, 3)), "residual": np.zeros((32, 3)),
+             "reward": np.zeros(32), "discount": np.full(32, 0.97), "next_obs": rng.normal(size=(32, 4)),
+             "next_base": rng.uniform(-1, 1, (32, 3))}
+    assert learner.update(batch, train_actor=True)["residual_penalty"] == pytest.approx((1 + 9 + 0.25) / 3, rel=1e-4)
+    ex = ExploreNoise(2, 3, cfg.explore_noise * learner.scale, corr=0.5, seed=0)
+    x = torch.stack([ex.sample() for _ in range(5000)])
+    assert torch.allclose(x.std((0, 1)), 5 * bound, rtol=0.08)
+    # The bound travels in residual.json's actor config (saved as asdict, loaded as ActorConfig(**...)).
+    meta = json.loads(json.dumps(asdict(learner.actor.cfg)))
+    assert meta["scale"] == pytest.approx([0.1, 0.3, 0.05])
+    assert torch.allclose(ResidualActor(ActorConfig(**meta)).bound, bound)
+    with pytest.raises(UserError, match=r"actor\.dim_scale: 2 entries, but the base's actions have 3 dimensions"):
+        ResidualLearner(_recipe("actor.dim_scale=[1,2]"), 4, 3)
+    with pytest.raises(UserError, match=r"actor\.dim_scale=\[1,0,1\]: every entry must be > 0"):
+        _recipe("actor.dim_scale=[1,0,1]")
+
+
 def test_env_pool_steps_async_like_in_lockstep():
     """step_async + step_wait returns what step does, with work done in between; one step at a time."""
     from robolearn.rl.envs import EnvPool
@@ -304,7 +364,7 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     train(recipe, store, tmp_path / "base", progress=False)
     small = ["env.n_envs=2", "env.workers=1", "env.max_steps=20", "eval.episodes=2", "eval.every=40",
              "learning_starts=20", "critic_warmup=30", "batch_size=16", "actor.hidden=32", "critic.hidden=32",
-             "ckpt_every=20", "log_every=10"]
+             "ckpt_every=20", "log_every=10", "explore_corr=0.8"]
     rows = []
     out = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=60, overrides=small, progress=False,
                    on_eval=rows.append)

@@ -18,6 +18,8 @@ from robolearn.teleop.gamepad import EVENT, GamepadTeleop, ecodes
 from robolearn.teleop.keyboard import KeyboardTeleop
 from robolearn.teleop.spacemouse import SpaceMouseTeleop, parse_report
 
+pytestmark = pytest.mark.realtime  # has the CPU alone under xdist (conftest.py)
+
 
 def _wait(cond, timeout=2.0):
     t0 = time.monotonic()

@@ -17,6 +17,7 @@ the episode's saved states.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import multiprocessing as mp
@@ -168,13 +169,29 @@ def _fault(seed: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _ParentGone(Exception):
+    """The supervising process died (SIGKILL/SIGTERM skip its clean-up): this worker stops too."""
+
+
 def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any) -> None:
     """Run episodes for seeds taken from ``seed_q`` until its end marker; report through ``msg_q``.
 
     ``slots`` (shared memory, one per env, -1 when free) holds the seeds in flight: unlike a queued
-    message it is there for the parent to read even when this process is killed the next instant."""
+    message it is there for the parent to read even when this process is killed the next instant.
+    A worker whose parent is gone stops within about a second (else it would finish its episodes
+    and then wait for seeds forever, holding a core and its memory)."""
     rigs: list[Any] = []
     video_rig = None
+    try:  # Linux: the kernel ends this worker the moment its parent dies, even mid-import or mid-episode
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    parent = mp.parent_process()  # elsewhere (and for a parent killed before the line above): polled
+
+    def check_parent() -> None:
+        if parent is not None and not parent.is_alive():
+            raise _ParentGone
+
     try:
         import torch
 
@@ -208,7 +225,11 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any
 
         def seeds() -> Iterator[int]:
             while True:
-                item = seed_q.get()
+                try:
+                    item = seed_q.get(timeout=1.0)
+                except queue.Empty:
+                    check_parent()
+                    continue
                 if item is None:
                     return
                 seed, with_video = item
@@ -224,6 +245,7 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any
         def on_tick() -> None:
             now = time.monotonic()
             if now - last_beat[0] > 1.0:
+                check_parent()
                 msg_q.put(("alive", wid, None))
                 last_beat[0] = now
 
@@ -242,6 +264,8 @@ def _worker_main(wid: int, spec: WorkerSpec, seed_q: Any, msg_q: Any, slots: Any
         run_batched(rigs, agent, seeds(), max_steps=spec.max_steps, keep_streams=("control",),
                     on_episode=on_episode, on_tick=on_tick)
         msg_q.put(("exit", wid, None))
+    except _ParentGone:
+        pass  # nobody to report to
     except BaseException as e:  # noqa: BLE001 - everything goes to the parent, which decides
         msg_q.put(("error", wid, (f"{type(e).__name__}: {' '.join(str(e).split())}", traceback.format_exc())))
     finally:

@@ -14,8 +14,8 @@ demonstrations the base was trained on.
 Protocol: ZeroMQ ROUTER here, DEALER on the actor, the policy server's wire format (a JSON header and
 raw arrays, no pickle):
 
-- ``hello`` {protocol, base_sha256, keys, obs_dim, action_dim} -> ``ok`` {actor, algo, explore_noise,
-  version} or ``error`` (another base, another observation layout);
+- ``hello`` {protocol, base_sha256, keys, obs_dim, action_dim} -> ``ok`` {actor, algo, explore_noise, explore_std,
+  explore_corr, version} or ``error`` (another base, another observation layout);
 - ``rows`` {uid, first_tick} + per-tick arrays ``obs/<key>``, ``base``, ``action``, ``reward``,
   ``intervention`` -> ``ack`` {version} (ticks it has already are ignored: a resend is harmless);
 - ``end`` {uid, success, terminal, discard} -> ``ack``; ``weights`` {have} -> ``weights`` + the actor's
@@ -88,8 +88,8 @@ class RobotLearner:
         if store == "auto":
             store = (read_checkpoint_meta(self.base_ckpt).get("extra") or {}).get("data", "")
         if cfg.demos.ratio > 0 and store and Path(store).exists():
-            self.store_demos = demo_transitions(self.base, self.keys, store, cfg.n_step, cfg.gamma, cfg.actor.scale,
-                                                cfg.demos.episodes)
+            self.store_demos = demo_transitions(self.base, self.keys, store, cfg.n_step, cfg.gamma,
+                                                self.learner.scale.numpy(), cfg.demos.episodes)
         self.st: dict[str, Any] = {"env_steps": 0, "updates": 0, "episodes": 0, "successes": 0, "interventions": 0,
                                    "discarded": 0, "version": 0, "ended": [], "logs": {}}
         if (self.out / "state.pt").is_file():
@@ -116,7 +116,8 @@ class RobotLearner:
             return {"type": "error", "message": f"the learner's residual reads {self.keys} with {self.adim}-d actions, "
                                                 f"the actor sends {h.get('keys')} with {h.get('action_dim')}-d"}
         return {"type": "ok", "actor": asdict(self.learner.actor.cfg), "algo": self.cfg.algo,
-                "explore_noise": self.cfg.explore_noise, "version": self.st["version"], "protocol": PROTOCOL}
+                "explore_noise": self.cfg.explore_noise, "explore_std": self.cfg.explore_noise * self.learner.unit,
+                "explore_corr": self.cfg.explore_corr, "version": self.st["version"], "protocol": PROTOCOL}
 
     def add_rows(self, uid: str, first_tick: int, arrays: dict[str, np.ndarray]) -> None:
         if uid in self.st["ended"]:
@@ -148,7 +149,7 @@ class RobotLearner:
             f = obs_features(self.base, self.keys, rows).numpy()
             bn = normalize_action(self.base, np.stack(ep["base"])).numpy()
             an = normalize_action(self.base, np.stack(ep["action"])).numpy()
-        scale = self.cfg.actor.scale
+        scale = self.learner.scale.numpy()
         res = np.clip(an - bn, -scale, scale)  # what was executed beyond the base (a teleoperator: clipped)
         reward = np.asarray(ep["reward"], np.float32).copy()
         if success and not reward.any():

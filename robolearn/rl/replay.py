@@ -106,7 +106,8 @@ def sample_mixed(online: ReplayBuffer, demos: ReplayBuffer | None, batch: int, d
 
 
 def demo_transitions(policy: Any, keys: list[str], store_path: str | Path, n_step: int, gamma: float,
-                     scale: float, episodes: int | None = None, within_bound: bool = False) -> ReplayBuffer:
+                     scale: float | np.ndarray, episodes: int | None = None,
+                     within_bound: bool = False) -> ReplayBuffer:
     """The store's successful episodes as residual transitions.
 
     The base is run over each recorded episode exactly as in a rollout (a :class:`PolicyAgent` fed the
@@ -116,8 +117,8 @@ def demo_transitions(policy: Any, keys: list[str], store_path: str | Path, n_ste
     episode ends at its first success (as online episodes do).
 
     ``within_bound``: keep only the steps whose demonstrated action the residual can reach from the base's
-    (|demo - base| <= scale in every dimension). A clipped step would credit a residual at its bound with
-    the return of an action it cannot take; from a weak base that is most steps (53% of the entries of the
+    (|demo - base| <= scale in every dimension; ``scale``: one bound, or one per action dimension). A
+    clipped step would credit a residual at its bound with the return of an action it cannot take; from a weak base that is most steps (53% of the entries of the
     can bench's demos). Off by default: dropping them did worse there (README, Residual RL)."""
     import torch
 

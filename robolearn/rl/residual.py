@@ -92,16 +92,28 @@ class ActorConfig:
     action_dim: int
     hidden: int = 256
     layers: int = 2
-    scale: float = 0.1  # bound of the correction, in normalised action units
+    # Bound of the correction, in normalised action units: one for every dimension, or one per dimension.
+    scale: float | list[float] = 0.1
     stochastic: bool = False  # SAC: a squashed Gaussian; TD3: deterministic
+
+    def bound(self) -> Tensor:
+        """The bound per action dimension, (action_dim,)."""
+        b = torch.as_tensor(self.scale, dtype=torch.float32).flatten()
+        if b.numel() == 1:
+            return b.expand(self.action_dim).clone()
+        if b.numel() != self.action_dim:
+            raise UserError(f"the residual's scale has {b.numel()} entries for {self.action_dim} action dimensions")
+        return b
 
 
 class ResidualActor(nn.Module):
-    """``residual = scale * tanh(f(features, base_action))``, zero at initialisation."""
+    """``residual = bound * tanh(f(features, base_action))``, zero at initialisation."""
 
     def __init__(self, cfg: ActorConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # Not in the state dict: checkpoints keep the bound in residual.json's actor config.
+        self.register_buffer("bound", cfg.bound(), persistent=False)
         out = cfg.action_dim * (2 if cfg.stochastic else 1)
         self.net = mlp(cfg.obs_dim + cfg.action_dim, cfg.hidden, cfg.layers, out)
         last = self.net[-1]
@@ -111,7 +123,7 @@ class ResidualActor(nn.Module):
     def forward(self, obs: Tensor, base: Tensor) -> Tensor:
         """The deterministic correction (the mean for SAC)."""
         h = self.net(torch.cat([obs, base], -1))
-        return self.cfg.scale * torch.tanh(h[..., : self.cfg.action_dim])
+        return self.bound * torch.tanh(h[..., : self.cfg.action_dim])
 
     def sample(self, obs: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
         """SAC: a reparameterised sample and its log-probability (tanh-corrected)."""
@@ -123,8 +135,8 @@ class ResidualActor(nn.Module):
         u = mean + std * torch.randn_like(mean)
         y = torch.tanh(u)
         logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        logp = logp - torch.log(self.cfg.scale * (1 - y.pow(2)) + 1e-6).sum(-1)
-        return self.cfg.scale * y, logp
+        logp = logp - torch.log(self.bound * (1 - y.pow(2)) + 1e-6).sum(-1)
+        return self.bound * y, logp
 
 
 class EnsembleLinear(nn.Module):

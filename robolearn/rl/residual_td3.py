@@ -44,10 +44,18 @@ class ActorSection:
     hidden: int = field(default=256, metadata={"min": 1})
     layers: int = field(default=2, metadata={"min": 1})
     scale: float = field(default=0.1, metadata={"gt": 0.0})  # bound of the correction, normalised units
+    # Per action dimension, multipliers of scale for the bound (empty: 1 for every dimension): the reach
+    # only; exploration noise, target noise and reg stay in units of scale. A base that stops short in
+    # one direction (can: closes 4 cm above the can) needs more reach there than in the others.
+    dim_scale: list[float] = field(default_factory=list)
     lr: float = field(default=3e-4, metadata={"gt": 0.0})
-    # Pull toward the base (TD3+BC-style): the actor loss becomes -Q / mean|Q| + reg * mean((residual/scale)^2),
+    # Pull toward the base (TD3+BC-style): the actor loss becomes -Q / mean|Q| + reg * mean((residual/scale)^2)
     # so a correction must buy value to stay. 0: plain -Q.
     reg: float = field(default=0.0, metadata={"min": 0.0})
+
+    def validate(self) -> None:
+        if any(m <= 0 for m in self.dim_scale):
+            raise ConfigError(f"every entry must be > 0, got {self.dim_scale}", key="dim_scale")
 
 
 @dataclass
@@ -110,7 +118,10 @@ class FinetuneRecipe:
     utd: int = field(default=1, metadata={"min": 1})  # gradient updates per env step
     tau: float = field(default=0.005, metadata={"gt": 0.0, "max": 1.0})
     policy_delay: int = field(default=2, metadata={"min": 1})
-    explore_noise: float = field(default=0.5, metadata={"min": 0.0})  # x actor.scale (TD3)
+    explore_noise: float = field(default=0.5, metadata={"min": 0.0})  # x actor.scale (TD3), in every dimension
+    # AR(1) coefficient of that noise in time (0: white). A correction that persists for ~1/(1-rho)
+    # ticks moves the arm somewhere; white noise at the same std averages out within a few ticks.
+    explore_corr: float = field(default=0.0, metadata={"min": 0.0, "lt": 1.0})
     target_noise: float = field(default=0.2, metadata={"min": 0.0})  # x actor.scale (TD3 smoothing)
     target_noise_clip: float = field(default=0.5, metadata={"min": 0.0})
     learning_starts: int = field(default=1000, metadata={"min": 1})  # online transitions before updates
@@ -147,6 +158,28 @@ def load_finetune_recipe(path: str | os.PathLike = "residual_td3", overrides: Se
 # ----------------------------------------------------------------------------- the learner
 
 
+class ExploreNoise:
+    """Gaussian exploration noise per environment, AR(1)-correlated in time:
+    ``n_t = rho * n_(t-1) + sqrt(1 - rho^2) * std * eps``. Every tick's noise has the same std as white
+    noise; ``rho = 0`` is white noise. Each episode starts from a fresh stationary draw (:meth:`reset`)."""
+
+    def __init__(self, n_envs: int, dim: int, std: float | torch.Tensor, corr: float, seed: int = 0) -> None:
+        if not 0.0 <= corr < 1.0:
+            raise ValueError(f"explore_corr {corr} is outside [0, 1)")
+        self.std, self.corr = torch.as_tensor(std, dtype=torch.float32), float(corr)  # std: scalar or per dim
+        self.gen = torch.Generator().manual_seed(seed)
+        self.state = torch.randn(n_envs, dim, generator=self.gen) * self.std
+
+    def reset(self, env: int) -> None:
+        self.state[env] = torch.randn(self.state.shape[1], generator=self.gen) * self.std
+
+    def sample(self) -> torch.Tensor:
+        """(n_envs, dim): this tick's noise for every env (advances every env's state one tick)."""
+        eps = torch.randn(self.state.shape, generator=self.gen) * self.std
+        self.state = self.corr * self.state + (1.0 - self.corr ** 2) ** 0.5 * eps
+        return self.state.clone()
+
+
 class ResidualLearner:
     """Actor, critic ensemble, their targets and optimisers; ``update`` is one gradient step.
 
@@ -158,9 +191,14 @@ class ResidualLearner:
         self.cfg = cfg
         self.sac = cfg.algo == "sac"
         a, c = cfg.actor, cfg.critic
-        self.scale = a.scale
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.actor = ResidualActor(ActorConfig(obs_dim, action_dim, a.hidden, a.layers, a.scale, stochastic=self.sac))
+        self.actor = ResidualActor(ActorConfig(obs_dim, action_dim, a.hidden, a.layers, actor_bound(a, action_dim),
+                                               stochastic=self.sac))
+        self.scale = self.actor.bound  # (action_dim,): the reach
+        # Noise and the pull toward the base are in units of actor.scale in every dimension, so
+        # dim_scale widens the reach without weakening the pull (reg on residual/bound would be
+        # 9x weaker at 3x the bound: can fell to 0.32 that way, README).
+        self.unit = float(a.scale)
         self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr, foreach=True)
@@ -170,18 +208,21 @@ class ResidualLearner:
         self.target_entropy = cfg.sac.target_entropy if cfg.sac.target_entropy is not None else -float(action_dim)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, base: torch.Tensor, explore: bool) -> torch.Tensor:
-        """The residual to execute: with exploration noise (TD3) or sampled (SAC) when ``explore``."""
+    def act(self, obs: torch.Tensor, base: torch.Tensor, explore: bool,
+            noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual to execute: with exploration noise (TD3) or sampled (SAC) when ``explore``.
+        ``noise``: the TD3 noise to add (e.g. from :class:`ExploreNoise`); None draws white noise."""
         if not explore:
             return self.actor(obs, base)
         if self.sac:
             return self.actor.sample(obs, base)[0]
-        noise = torch.randn(base.shape, generator=self.gen) * self.cfg.explore_noise * self.scale
+        if noise is None:
+            noise = torch.randn(base.shape, generator=self.gen) * self.cfg.explore_noise * self.unit
         return (self.actor(obs, base) + noise).clamp(-self.scale, self.scale)
 
     def update(self, batch: dict[str, np.ndarray], train_actor: bool) -> dict[str, float]:
         """One critic step on an n-step batch; an actor (and SAC temperature) step when ``train_actor``."""
-        cfg, scale, critic = self.cfg, self.scale, self.critic
+        cfg, scale, unit, critic = self.cfg, self.scale, self.unit, self.critic
         bt = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in batch.items()}
         o, b, r, ret, disc, o2, b2 = (bt[k] for k in ("obs", "base", "residual", "reward", "discount", "next_obs",
                                                        "next_base"))
@@ -191,8 +232,8 @@ class ResidualLearner:
                 r2, logp2 = self.actor.sample(o2, b2)
                 q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen) - self.log_alpha.exp() * logp2
             else:
-                noise = (torch.randn(r.shape, generator=self.gen) * cfg.target_noise * scale).clamp(
-                    -cfg.target_noise_clip * scale, cfg.target_noise_clip * scale)
+                noise = (torch.randn(r.shape, generator=self.gen) * cfg.target_noise * unit).clamp(
+                    -cfg.target_noise_clip * unit, cfg.target_noise_clip * unit)
                 r2 = (self.actor_t(o2, b2) + noise).clamp(-scale, scale)
                 q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen)
             y = ret + disc * q_next
@@ -212,7 +253,7 @@ class ResidualLearner:
                 q_pi = critic(o, b, res).mean(0)
                 loss_a = -q_pi.mean()
             if cfg.actor.reg > 0:  # Q normalised so that reg means the same whatever the reward's scale
-                pen = (res / scale).pow(2).mean()
+                pen = (res / unit).pow(2).mean()
                 loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6) + cfg.actor.reg * pen
                 logs["residual_penalty"] = float(pen.detach())
             self.opt_a.zero_grad(set_to_none=True)
@@ -243,6 +284,14 @@ class ResidualLearner:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def actor_bound(a: ActorSection, action_dim: int) -> float | list[float]:
+    """The recipe's residual bound: ``scale``, or ``scale`` times each of ``dim_scale``."""
+    if a.dim_scale and len(a.dim_scale) != action_dim:
+        raise ConfigError(f"{len(a.dim_scale)} entries, but the base's actions have {action_dim} dimensions",
+                          key="actor.dim_scale")
+    return [a.scale * float(m) for m in a.dim_scale] if a.dim_scale else a.scale
 
 
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
@@ -419,7 +468,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     learner = ResidualLearner(cfg, obs_dim, adim)
-    actor, a = learner.actor, cfg.actor
+    actor = learner.actor
     online = ReplayBuffer(cfg.buffer, obs_dim, adim)
     st = {"env_steps": 0, "updates": 0, "episodes": 0, "next_seed": TRAIN_SEED_BASE, "next_eval": 0,
           "curve": [], "base_success": None, "wall_s": 0.0}
@@ -441,7 +490,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     if cfg.demos.ratio > 0 and demo_store:
         if not Path(demo_store).exists():
             raise UserError(f"demonstration store {demo_store} is missing; set demos.store=PATH or demos.ratio=0")
-        demos = demo_transitions(base, keys, demo_store, cfg.n_step, cfg.gamma, a.scale, cfg.demos.episodes,
+        demos = demo_transitions(base, keys, demo_store, cfg.n_step, cfg.gamma, learner.scale.numpy(),
+                                 cfg.demos.episodes,
                                  within_bound=cfg.demos.within_bound)
 
     def save_state() -> None:
@@ -482,6 +532,10 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
                disable=not progress, dynamic_ncols=True)
     obs: dict[int, Any] = {}
     pending: dict[int, tuple] = {}
+    # Correlated TD3 exploration; white noise (explore_corr 0) keeps the learner's own generator.
+    explorer = (ExploreNoise(n, adim, cfg.explore_noise * learner.unit, cfg.explore_corr,
+                             seed=cfg.seed + 1 + st["episodes"])
+                if cfg.algo == "td3" and cfg.explore_corr > 0 else None)
 
     def proprio(o: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         pk = dense[0].model.proprio_keys if dense else ()
@@ -494,6 +548,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             st["next_seed"] += 1
             agent.reset(i, seeds[i])
             collector.reset(i)
+            if explorer is not None:
+                explorer.reset(i)
             pending.pop(i, None)
             ep_ret[i] = 0.0
         obs.update(pool.reset(seeds))
@@ -540,7 +596,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             with torch.no_grad():
                 f = obs_features(base, keys, [obs[i] for i in envs])
                 bn = normalize_action(base, b)
-                res = learner.act(f, bn, explore=True)
+                res = learner.act(f, bn, explore=True, noise=None if explorer is None else explorer.sample())
             act = apply_residual(base, b, res)
             res_mag.append(float(res.abs().mean()))
             # The previous tick's transitions are complete now that their next state's base action is known.

@@ -180,14 +180,20 @@ class ResidualShaper:
     def __init__(self, base: Any, keys: list[str], client: LearnerClient, journal_dir: Path, teleop: Any = None,
                  explore: bool = True, seed: int = 0, sync_every: int = 10) -> None:
         from robolearn.rl.residual import ActorConfig, ResidualActor
+        from robolearn.rl.residual_td3 import ExploreNoise
 
         self.base, self.keys, self.client, self.journal_dir = base, keys, client, Path(journal_dir)
         self.teleop, self.explore, self.sync_every = teleop, explore, sync_every
         self.actor = ResidualActor(ActorConfig(**client.info["actor"])).eval()  # zero until weights arrive
-        self.scale = self.actor.cfg.scale
+        self.scale = self.actor.bound  # (action_dim,)
         self.noise = float(client.info.get("explore_noise", 0.0))
+        # The exploration noise's std in normalised action units, the same in every dimension.
+        self.noise_std = float(client.info.get("explore_std", self.noise * float(self.scale.max())))
         self.sac = client.info.get("algo") == "sac"
         self.gen = torch.Generator().manual_seed(seed)
+        corr = float(client.info.get("explore_corr", 0.0))
+        self.explorer = (ExploreNoise(1, self.actor.cfg.action_dim, self.noise_std, corr, seed=seed + 1)
+                         if corr > 0 and not self.sac else None)
         self.versions_used: list[int] = []
         self.version = -1  # of the weights in self.actor; -1: the zero-initialised actor
         self.rig: Any = None
@@ -229,6 +235,8 @@ class ResidualShaper:
         self._apply_weights()
         if self.teleop is not None:
             self.teleop.reset(seed)
+        if self.explorer is not None:
+            self.explorer.reset(0)
         self.uid = uuid.uuid4().hex
         a = self.base.action_dim
         fields = {k: {"shape": list(f.shape), "dtype": f.dtype, "kind": f.kind} for k, f in self.control.items()}
@@ -278,8 +286,10 @@ class ResidualShaper:
                 res = self.actor.sample(f, bn)[0]
             else:
                 res = self.actor(f, bn)
-                if self.explore and self.noise > 0:
-                    res = res + torch.randn(res.shape, generator=self.gen) * self.noise * self.scale
+                if self.explore and self.explorer is not None:
+                    res = res + self.explorer.sample()
+                elif self.explore and self.noise > 0:
+                    res = res + torch.randn(res.shape, generator=self.gen) * self.noise_std
             res = res.clamp(-self.scale, self.scale)
         self._cur = {"sample": sample, "base": proposed, "res": res[0].numpy(), "intervention": False}
         return apply_residual(self.base, proposed[None], res)[0], False
@@ -330,7 +340,7 @@ class ResidualShaper:
             if r.get("res") is not None and r["step"] < n:
                 res[r["step"]] = float(np.abs(r["res"]).max())
         return {"residual": (res, {"source": "residual", "unit": "max |correction|, normalised action units",
-                                   "scale": self.scale})}
+                                   "scale": self.actor.cfg.scale})}
 
     def recorded(self, dep: Any, index: int) -> None:
         (self.journal_dir / f"{dep.info['rl_uid']}.ticks").unlink(missing_ok=True)

@@ -25,6 +25,8 @@ import numpy as np
 from robolearn.hardware.cameras.base import CameraConfig
 from robolearn.hardware.shm import ENDED, RUNNING, ShmRing, retain_heap
 
+ORPHAN_CLOSE_S = 2.0  # an orphaned camera process gives the SDK this long to close, then exits
+
 
 @dataclass
 class Captured:
@@ -81,6 +83,11 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
     # Ctrl-C reaches the whole process group; the consumer decides when its cameras stop (close()).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     retain_heap()  # the SDK hands over a new frame buffer per frame
+    if hasattr(os, "sched_setscheduler"):
+        try:  # never a real-time policy by inheritance: a spinning SDK thread at SCHED_FIFO starves the machine
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
     try:  # a camera is a device: on a busy machine it must not lag behind its frame rate (root or CAP_SYS_NICE)
         os.setpriority(os.PRIO_PROCESS, 0, -5)
     except OSError:
@@ -106,12 +113,24 @@ def camera_main(cfg: CameraConfig, ring_name: str, clock_origin: float | None, p
         traceback.print_exc()
         ring.fail(f"{type(e).__name__}: {e}")
     finally:
+        orphaned = os.getppid() != parent_pid
         if holder:
-            try:
-                holder[0].close()
-            except Exception:  # noqa: BLE001
-                traceback.print_exc()
+            if orphaned:  # nobody waits for this process: close the SDK, but never hang in it
+                t = threading.Thread(target=_close_quietly, args=(holder[0],), daemon=True)
+                t.start()
+                t.join(ORPHAN_CLOSE_S)
+            else:
+                _close_quietly(holder[0])
         ring.close()
+        if orphaned:  # an SDK thread left spinning must not outlive us either
+            os._exit(0)
+
+
+def _close_quietly(src: Source) -> None:
+    try:
+        src.close()
+    except Exception:  # noqa: BLE001 - closing must not hide why the camera stopped
+        traceback.print_exc()
 
 
 @contextmanager

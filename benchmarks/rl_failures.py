@@ -1,0 +1,161 @@
+"""How a pick-and-place policy fails: each episode on the bench's fixed seeds sorted into one of
+
+- ``success``;
+- ``never_lifted``: the object never rose 3 cm (a missed grasp), with where the gripper was, relative to
+  the object, when it first closed;
+- ``dropped``: lifted, then back down without success;
+- ``holding_at_timeout``: still lifted when the episode ran out.
+
+Works for the single-object robosuite tasks (can, square, lift): their ``object`` observation starts
+with the object's position. A fine-tuned run (base + residual) is evaluated like any policy.
+
+    python benchmarks/rl_failures.py benchmarks/results/rl_work/base_can_v2/checkpoints/step_0001200 --task can
+    python benchmarks/rl_failures.py benchmarks/results/rl_work/rl_can_sparse_v2reg --task can
+
+Prints the counts and writes ``benchmarks/results/rl_failures_<task>_<name>.json`` (every episode).
+
+``--steer B`` asks how much a bounded correction could buy at all: a scripted residual, within +-B of
+the raw (OSC delta) action in x, y, z, steers the open gripper over the object and down to it, reading
+the simulator's object position (privileged state, not what the learned residual gets):
+
+    python benchmarks/rl_failures.py benchmarks/results/rl_work/base_can_v2/checkpoints/step_0001200 --task can --steer 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine  # noqa: E402
+
+LIFT_M = 0.03  # the object counts as lifted 3 cm above where it started
+STEER_ABOVE_M = 0.012  # --steer: bring the fingertips this far above the object's centre
+OSC_M = 0.05  # metres of target motion per unit of a robosuite OSC delta action
+
+
+def steer(action: np.ndarray, eef: np.ndarray, obj: np.ndarray, bound: float) -> np.ndarray:
+    """The scripted correction of ``--steer``: while the gripper is commanded open and the object is still
+    low, move toward it (x, y first; z once within 2 cm in x, y), each of x, y, z within +-bound."""
+    if action[-1] >= 0 or obj[2] >= 0.9:  # closing, or already lifted: leave the base alone
+        return action
+    d = np.array([obj[0] - eef[0], obj[1] - eef[1], obj[2] + STEER_ABOVE_M - eef[2]]) / OSC_M
+    if np.linalg.norm(d[:2]) > 0.4:
+        d[2] = 0.0
+    out = action.copy()
+    out[:3] += np.clip(d, -bound, bound)
+    return out
+
+
+def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
+    """One episode's control rows -> its failure mode and the numbers behind it."""
+    obj = control["object"][:, :3]
+    eef = control["robot0_eef_pos"]
+    lifted = obj[:, 2] - obj[0, 2] > LIFT_M
+    closing = np.where(control["action"][:, -1] > 0)[0]  # gripper command > 0 closes (robosuite)
+    first_close = int(closing[0]) if len(closing) else None
+    row: dict[str, Any] = {
+        "success": success, "steps": len(obj), "first_lift": int(np.argmax(lifted)) if lifted.any() else None,
+        "first_close": first_close, "closes": int(np.sum(np.diff((control["action"][:, -1] > 0).astype(int)) == 1)
+                                                  + int(control["action"][0, -1] > 0)),
+        # eef - object a few ticks after the first close (the fingers take that long to shut)
+        "offset_at_close_m": None if first_close is None else
+        [round(float(v), 3) for v in (eef - obj)[min(first_close + 5, len(obj) - 1)]],
+        "min_eef_object_m": round(float(np.linalg.norm(eef - obj, axis=1).min()), 3),
+        "object_xy0": [round(float(v), 3) for v in obj[0, :2]],
+    }
+    if success:
+        row["mode"] = "success"
+    elif not lifted.any():
+        row["mode"] = "never_lifted"
+    elif lifted[-1]:
+        row["mode"] = "holding_at_timeout"
+    else:
+        row["mode"] = "dropped"
+    return row
+
+
+class Steered:
+    """An agent whose actions get :func:`steer`'s correction; it reads every tick's observation."""
+
+    def __init__(self, agent: Any, bound: float) -> None:
+        self.agent, self.bound = agent, bound
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.agent, name)
+
+    def observation_needed(self, i: int) -> bool:
+        return True
+
+    def act(self, observations: Any) -> dict[int, np.ndarray]:
+        out = self.agent.act(observations)
+        return {i: steer(a, observations[i]["robot0_eef_pos"], observations[i]["object"][:3], self.bound)
+                for i, a in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("policy", help="a checkpoint or run directory (a residual run too)")
+    ap.add_argument("--task", default="can")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--n-envs", type=int, default=5, help="envs stepped in lockstep in this one process")
+    ap.add_argument("--steer", type=float, default=0.0,
+                    help="add a scripted correction within +-STEER in x, y, z (raw action units; see above)")
+    args = ap.parse_args()
+
+    import torch
+
+    from robolearn.eval.runner import eval_seeds, resolve_checkpoint
+    from robolearn.rigs import make_rig
+    from robolearn.rollout import PolicyAgent, policy_features, run_batched
+
+    torch.set_num_threads(1)
+    path = Path(args.policy)
+    rigs = [make_rig(f"sim:{args.task}") for _ in range(args.n_envs)]
+    if (path / "checkpoints" / "last" / "residual.json").is_file() or (path / "residual.json").is_file():
+        from robolearn.rl.residual import ResidualAgent, load_residual
+
+        res = load_residual(path if (path / "residual.json").is_file() else path / "checkpoints" / "last")
+        agent: Any = ResidualAgent(res, policy_features(res.base, rigs[0]), args.n_envs)
+    else:
+        from robolearn.policies.checkpoint import load_policy
+
+        policy = load_policy(resolve_checkpoint(path), device="cpu")
+        agent = PolicyAgent(policy, policy_features(policy, rigs[0]), args.n_envs)
+    if args.steer > 0:
+        agent = Steered(agent, args.steer)
+    try:
+        eps = run_batched(rigs, agent, eval_seeds(args.episodes), keep_streams=("control",))
+    finally:
+        for r in rigs:
+            r.close()
+    rows = sorted(({"seed": int(ep.seed), **classify(ep.control, bool(ep.success))} for ep in eps),
+                  key=lambda r: r["seed"])
+    counts = Counter(r["mode"] for r in rows)
+    missed = [r["offset_at_close_m"] for r in rows if r["mode"] == "never_lifted" and r["offset_at_close_m"]]
+    grasped = [r["offset_at_close_m"] for r in rows if r["mode"] == "success" and r["offset_at_close_m"]]
+    summary = {"policy": str(path), "task": args.task, "episodes": len(rows), "modes": dict(counts),
+               "median_offset_at_close_m": {"never_lifted": np.median(missed, 0).round(3).tolist() if missed else None,
+                                            "success": np.median(grasped, 0).round(3).tolist() if grasped else None},
+               "machine": machine(), "episodes_detail": rows}
+    print(f"{path} on {args.task}, {len(rows)} seeds: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    for k, v in summary["median_offset_at_close_m"].items():
+        print(f"  median eef - object (x, y, z) at the first close, {k}: {v}")
+    name = path.parent.parent.name + "_" + path.name if path.parent.name == "checkpoints" else path.name
+    if args.steer > 0:
+        name += f"_steer{args.steer:g}"
+        summary["steer"] = args.steer
+    out = RESULTS / f"rl_failures_{args.task}_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,6 +65,11 @@ def base_key(task: str, args: argparse.Namespace) -> str:
     return task + (f":{args.base_tag}" if args.base_tag else "")
 
 
+def reward_dir(task: str, args: argparse.Namespace) -> Path:
+    """The progress network a dense cell reads; ``--reward-tag`` names one fitted with other inputs."""
+    return WORK / (f"reward_{task}" + (f"_{args.reward_tag}" if args.reward_tag else ""))
+
+
 def stage_bases(args: argparse.Namespace) -> None:
     import torch
 
@@ -125,7 +130,7 @@ def stage_reward(args: argparse.Namespace) -> None:
 
     res = load()
     for task in args.tasks:
-        cell = res.setdefault("rewards", {}).setdefault(task, {})
+        cell = res.setdefault("rewards", {}).setdefault(task + (f":{args.reward_tag}" if args.reward_tag else ""), {})
         if cell.get("scores"):
             continue
         store = WORK / f"{task}_reward.zarr"
@@ -137,8 +142,9 @@ def stage_reward(args: argparse.Namespace) -> None:
         if DemoStore.open(store).n_episodes < args.demos + args.failures:
             record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.failures, seed=100_000,
                                 cameras=["agentview"], image_size=args.reward_size, perturb="stall"))
-        scores = fit(FitConfig(data=str(store), out=str(WORK / f"reward_{task}"), steps=args.reward_steps,
-                               camera="agentview", image_size=args.reward_size), progress=False)
+        extra = {"proprio_keys": args.reward_proprio.split(",")} if args.reward_proprio else {}
+        scores = fit(FitConfig(data=str(store), out=str(reward_dir(task, args)), steps=args.reward_steps,
+                               camera="agentview", image_size=args.reward_size, **extra), progress=False)
         cell.update(scores={k: scores.get(k) for k in ("voc", "voc_reversed", "auroc", "n_success", "n_failure")},
                     seconds=time.time() - t0)
         save(res)
@@ -167,7 +173,7 @@ def stage_rl(args: argparse.Namespace) -> None:
             overrides = [f"eval.episodes={args.eval_episodes}", f"eval.every={args.eval_every}",
                          f"env.n_envs={args.n_envs}", f"env.workers={args.workers}", *args.rl_set]
             if reward == "dense":
-                overrides += [f"reward.spec={WORK / f'reward_{task}'}", "reward.force=true",
+                overrides += [f"reward.spec={reward_dir(task, args)}", "reward.force=true",
                               f"reward.image_size={args.reward_size}"]
 
             def on_eval(row: dict[str, Any], key: str = key) -> None:
@@ -226,6 +232,11 @@ def main() -> None:
     ap.add_argument("--base-tag", default="", help="a name for bases trained with other settings (own folder and "
                     "key); stage rl fine-tunes that base")
     ap.add_argument("--reward-size", type=int, default=64, help="camera size (px) of the reward model")
+    ap.add_argument("--reward-proprio", default="", help="stage reward: low-dim keys the progress network reads "
+                    "beside its camera (comma-separated, e.g. robot0_eef_pos,robot0_gripper_qpos,object); "
+                    "default: the gripper's position and opening")
+    ap.add_argument("--reward-tag", default="", help="a name for a progress network fitted with other settings "
+                    "(own folder rl_work/reward_<task>_<tag>; dense cells read it)")
     ap.add_argument("--results", default=str(RESULTS), help="folder of bench_rl.json and rl_work/")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import write_synth_store
 
-# Under pytest-xdist the suite runs one process per core. Tests marked ``realtime`` run loops with
+# Under pytest-xdist the suite runs two processes (pyproject.toml). Tests marked ``realtime`` run loops with
 # deadlines (an arm's stale-state limit, a servo bus's status timeout, a camera's stall timeout) that a
 # second test saturating the other core can make them miss, as no real arm's own controller would. So a
 # realtime test takes the CPU alone: it holds an exclusive lock, every other test a shared one, from its

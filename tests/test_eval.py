@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from eval_helpers import tiny_checkpoint
-from helpers import descendants, pid_running
+from helpers import pid_running
 
 from robolearn.eval import EvalFailed, evaluate, load_suite
 from robolearn.eval.runner import FAULT_ENV
@@ -83,44 +83,73 @@ def test_hung_worker_fails_the_run_with_its_seed(ckpt, monkeypatch):
         evaluate(ckpt, "lift", episodes=2, workers=1, n_envs=1, max_steps=4, videos=0, worker_timeout=3.0)
 
 
-def _spawned_children(pid: int) -> list[int]:
-    """Live multiprocessing-spawned processes below ``pid`` (its workers, not its resource tracker)."""
+# The evaluating process, as a script: it notes each worker's pid in a file as the worker starts, so the test
+# needs no /proc reads of processes that are still exec'ing (their cmdline is not worth a stall to find them).
+KILLED_PARENT = """
+import multiprocessing.process as mpp
+import sys
+
+from robolearn.eval import evaluate
+
+start = mpp.BaseProcess.start
+
+
+def noted_start(self):
+    start(self)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{self.pid}\\n")
+
+
+mpp.BaseProcess.start = noted_start
+evaluate(sys.argv[1], "lift", episodes=400, workers=2, n_envs=2, videos=0)
+"""
+
+
+def _states(pids: list[int]) -> str:
+    """Each process's scheduler state and kernel wait channel: what a failure message needs to tell a stall."""
     out = []
-    for p in descendants(pid):
+    for p in pids:
         try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = Path(f"/proc/{p}/wchan").read_text()
         except OSError:
-            continue
-        if pid_running(p) and "spawn_main" in cmd:
-            out.append(p)
-    return out
+            state, wchan = "gone", ""
+        out.append(f"{p}:{state}:{wchan}")
+    return " ".join(out)
 
 
 @pytest.mark.realtime
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
-def test_workers_stop_when_the_evaluating_process_is_killed(ckpt):
+def test_workers_stop_when_the_evaluating_process_is_killed(ckpt, tmp_path):
     """SIGKILL skips the parent's clean-up: its workers must notice and stop, not finish their episodes
     and then wait for seeds forever holding a core each."""
-    code = (f"from robolearn.eval import evaluate\n"
-            f"evaluate({str(ckpt)!r}, 'lift', episodes=400, workers=2, n_envs=2, videos=0)\n")
+    pids = tmp_path / "workers.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(FAULT_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    log = tmp_path / "parent.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(ckpt), str(pids)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=f)
+    kids: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while len(kids := _spawned_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        while len(kids) < 2 and time.monotonic() - t0 < 120 and proc.poll() is None:
             time.sleep(0.2)
-        assert len(kids) == 2, "the two eval workers did not start"
+            kids = [int(x) for x in pids.read_text().split("\n")[:-1]] if pids.is_file() else []  # whole lines
+        assert len(kids) == 2, (f"the two eval workers did not start in {time.monotonic() - t0:.0f} s: "
+                                f"{_states([proc.pid, *kids])}; the parent said: {log.read_text()[-2000:]}")
         time.sleep(8)  # into their episodes (policy loaded, sims stepping)
-        assert all(pid_running(k) for k in kids)
+        assert all(pid_running(k) for k in kids), f"an eval worker ended before its parent was killed: " \
+                                                  f"{_states(kids)}"
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 20
-    while any(pid_running(k) for k in kids) and time.monotonic() < deadline:
+    killed = time.monotonic()
+    # The kernel kills them with the parent (PR_SET_PDEATHSIG); 60 s allows for a slow disk under a worker's import.
+    while any(pid_running(k) for k in kids) and time.monotonic() - killed < 60:
         time.sleep(0.2)
     left = [k for k in kids if pid_running(k)]
+    states = _states(left)
     for k in left:
         os.kill(k, 9)
-    assert not left, f"eval workers {left} outlived their killed parent"
+    assert not left, f"eval workers {left} outlived their killed parent by 60 s ({states})"

@@ -92,12 +92,17 @@ def twin_playback_dir(d: Path, frames: int) -> list[Path]:
         os.chdir(cwd)
 
 
+def proc_state(pid: int | str) -> str | None:
+    """Process ``pid``'s scheduler state letter from /proc (R, S, D, Z, ...); None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def pid_running(pid: int | str) -> bool:
     """Whether process ``pid`` still runs; a zombie (exited, not yet reaped by whoever adopted it) counts as gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return proc_state(pid) not in (None, "Z")
 
 
 def descendants(pid: int) -> set[int]:

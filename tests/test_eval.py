@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from eval_helpers import tiny_checkpoint
-from helpers import pid_running
+from helpers import pid_running, proc_state
 
 from robolearn.eval import EvalFailed, evaluate, load_suite
 from robolearn.eval.runner import FAULT_ENV
@@ -110,11 +110,10 @@ def _states(pids: list[int]) -> str:
     out = []
     for p in pids:
         try:
-            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
             wchan = Path(f"/proc/{p}/wchan").read_text()
         except OSError:
-            state, wchan = "gone", ""
-        out.append(f"{p}:{state}:{wchan}")
+            wchan = ""
+        out.append(f"{p}:{proc_state(p) or 'gone'}:{wchan}")
     return " ".join(out)
 
 

@@ -109,12 +109,23 @@ class LoopbackJudge:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             action = self.script.popleft() if self.script else "ok"
             self.auth_headers.append(h.headers.get("Authorization", ""))
+        released = False
+
+        def send(*args: Any) -> None:
+            # The client may send its next request as soon as it reads this response, so this one
+            # stops counting as in flight before its response is written (not after).
+            nonlocal released
+            with self._lock:
+                self.in_flight -= 1
+            released = True
+            self._send(h, *args)
+
         try:
             body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))))
             if h.path != "/v1/chat/completions":
-                return self._send(h, 404, {"error": {"message": f"no route {h.path}"}})
+                return send(404, {"error": {"message": f"no route {h.path}"}})
             if self.api_key and h.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return self._send(h, 401, {"error": {"message": "invalid api key"}})
+                return send(401, {"error": {"message": "invalid api key"}})
             if self.latency:
                 time.sleep(self.latency)
             if action == "drop":
@@ -122,7 +133,7 @@ class LoopbackJudge:
                 h.close_connection = True
                 return
             if action in ("429", "503"):
-                return self._send(h, int(action), {"error": {"message": "slow down"}}, {"Retry-After": "0.05"})
+                return send(int(action), {"error": {"message": "slow down"}}, {"Retry-After": "0.05"})
             if action == "late":
                 time.sleep(self.late_seconds)
             user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
@@ -131,16 +142,17 @@ class LoopbackJudge:
                 self.images_per_request.append(len(images))
                 self.sequences.append([judge_frame(f) for f in images[1:]])
             text = self._answer(images[1:], action)
-            self._send(h, 200, {"id": "judge", "object": "chat.completion", "model": body.get("model"),
-                                "choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": text}}]})
+            send(200, {"id": "judge", "object": "chat.completion", "model": body.get("model"),
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]})
             with self._lock:
                 self.answered += 1
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            if not released:
+                with self._lock:
+                    self.in_flight -= 1
 
     @staticmethod
     def _answer(frames: list[np.ndarray], action: str) -> str:

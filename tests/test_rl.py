@@ -314,6 +314,37 @@ def test_per_dimension_bound_limits_each_dimension_and_travels_with_the_actor():
         _recipe("actor.dim_scale=[1,0,1]")
 
 
+def test_per_dimension_pull_weights_each_dimension_of_the_penalty():
+    """actor.reg_dims: multipliers of reg per action dimension, applied to the penalty the actor pays
+    (a 0 frees that dimension); a wrong length or a negative entry is a config error naming the key."""
+    cfg = _recipe("actor.hidden=16", "critic.hidden=16", "actor.scale=0.1", "actor.dim_scale=[1,3,0.5]",
+                  "actor.reg=0.1", "actor.reg_dims=[0,0.5,4]")
+    learner = ResidualLearner(cfg, 4, 3)
+    with torch.no_grad():
+        learner.actor.net[-1].bias.fill_(10.0)  # saturate: (bound / scale)^2 = 1, 9, 0.25 per dimension
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(32, 4)), "base": rng.uniform(-1, 1, (32, 3)), "residual": np.zeros((32, 3)),
+             "reward": np.zeros(32), "discount": np.full(32, 0.97), "next_obs": rng.normal(size=(32, 4)),
+             "next_base": rng.uniform(-1, 1, (32, 3))}
+    got = learner.update(batch, train_actor=True)["residual_penalty"]
+    assert got == pytest.approx((0 * 1 + 0.5 * 9 + 4 * 0.25) / 3, rel=1e-4)
+    # With a zero critic (zero Q, zero gradient) only the pull moves the actor: the freed dimension's own
+    # output bias stays where it was, the others' shrink toward zero.
+    flat = ResidualLearner(cfg, 4, 3)
+    with torch.no_grad():
+        for p in [*flat.critic.parameters(), *flat.critic_t.parameters()]:
+            p.zero_()
+        flat.actor.net[-1].bias.fill_(0.5)
+    for _ in range(20):
+        flat.update(batch, train_actor=True)
+    bias = flat.actor.net[-1].bias.detach()
+    assert float(bias[0]) == 0.5 and float(bias[1]) < 0.499 and float(bias[2]) < 0.499  # Adam: ~lr a step
+    with pytest.raises(UserError, match=r"actor\.reg_dims: 2 entries, but the base's actions have 3 dimensions"):
+        ResidualLearner(_recipe("actor.reg_dims=[1,2]"), 4, 3)
+    with pytest.raises(UserError, match=r"actor\.reg_dims=\[1,-1,1\]: every entry must be >= 0"):
+        _recipe("actor.reg_dims=[1,-1,1]")
+
+
 def test_env_pool_steps_async_like_in_lockstep():
     """step_async + step_wait returns what step does, with work done in between; one step at a time."""
     from robolearn.rl.envs import EnvPool

@@ -52,10 +52,16 @@ class ActorSection:
     # Pull toward the base (TD3+BC-style): the actor loss becomes -Q / mean|Q| + reg * mean((residual/scale)^2)
     # so a correction must buy value to stay. 0: plain -Q.
     reg: float = field(default=0.0, metadata={"min": 0.0})
+    # Per action dimension, multipliers of reg (empty: 1 everywhere). The learned translation correction
+    # stays at ~3% of a 0.5 bound under reg 0.1 (README), so a weaker pull in x, y, z alone
+    # (e.g. [0.1,0.1,0.1,1,1,1,1]) lets it grow where the reach is, and keeps rotation and gripper held.
+    reg_dims: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         if any(m <= 0 for m in self.dim_scale):
             raise ConfigError(f"every entry must be > 0, got {self.dim_scale}", key="dim_scale")
+        if any(m < 0 for m in self.reg_dims):
+            raise ConfigError(f"every entry must be >= 0, got {self.reg_dims}", key="reg_dims")
 
 
 @dataclass
@@ -199,6 +205,7 @@ class ResidualLearner:
         # dim_scale widens the reach without weakening the pull (reg on residual/bound would be
         # 9x weaker at 3x the bound: can fell to 0.32 that way, README).
         self.unit = float(a.scale)
+        self.reg_w = torch.as_tensor(reg_weights(a, action_dim), dtype=torch.float32)  # (action_dim,)
         self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr, foreach=True)
@@ -253,7 +260,7 @@ class ResidualLearner:
                 q_pi = critic(o, b, res).mean(0)
                 loss_a = -q_pi.mean()
             if cfg.actor.reg > 0:  # Q normalised so that reg means the same whatever the reward's scale
-                pen = (res / unit).pow(2).mean()
+                pen = ((res / unit).pow(2) * self.reg_w).mean()
                 loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6) + cfg.actor.reg * pen
                 logs["residual_penalty"] = float(pen.detach())
             self.opt_a.zero_grad(set_to_none=True)
@@ -284,6 +291,14 @@ class ResidualLearner:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def reg_weights(a: ActorSection, action_dim: int) -> list[float]:
+    """The pull toward the base per action dimension: ``reg_dims``, or 1 everywhere."""
+    if a.reg_dims and len(a.reg_dims) != action_dim:
+        raise ConfigError(f"{len(a.reg_dims)} entries, but the base's actions have {action_dim} dimensions",
+                          key="actor.reg_dims")
+    return [float(m) for m in a.reg_dims] if a.reg_dims else [1.0] * action_dim
 
 
 def actor_bound(a: ActorSection, action_dim: int) -> float | list[float]:

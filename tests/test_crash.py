@@ -114,11 +114,13 @@ def test_sigkill_loses_at_most_the_episode_in_progress(reference, tmp_path):
     out = tmp_path / "killed.zarr"
     rng = random.Random(20261121)
     kills, committed_seen, runs = 0, [], 0
-    while kills < 3 and runs < 30:
+    # Until the kills have landed at two different points (on a loaded machine they often all fall in
+    # start-up and leave the same count each time).
+    while (kills < 3 or len(set(committed_seen)) < 2) and runs < 20:
         runs += 1
         have = DemoStore.open(out).n_episodes if out.exists() else 0
         if have >= N_EPISODES:
-            if kills >= 2:
+            if kills >= 2 and len(set(committed_seen)) > 1:
                 break
             # It finished before it could be killed often enough (a fast machine): again, from scratch.
             shutil.rmtree(out)

@@ -155,7 +155,8 @@ def test_persistent_checksum_errors_and_unplugging_stop_the_arm(protocol: str, a
             arm.send_action(np.zeros(6))
             bus.corrupt_next(10_000)
             with pytest.raises(
-                RigError, match=rf"{arm_type} bus on .*: sync read .* failed {RETRIES} times: .*Incorrect"
+                RigError, match=rf"{arm_type} bus on .*: sync read .* failed {RETRIES} times: .*Incorrect.*"
+                r"\(last bytes from the bus: ff ff [0-9a-f ]+\)",  # what came back: status packets
             ):
                 assert _wait(lambda: arm.state() is None, 60.0)
         finally:
@@ -175,7 +176,8 @@ def test_missing_port_and_motor_are_clear_errors() -> None:
     with pytest.raises(UserError, match=r"so100 arm: cannot open serial port /nonexistent/ttyACM9"):
         open_arm(ArmConfig(type="so100", serial_port="/nonexistent/ttyACM9", action="joints"))
     with ServoBusEmulator("feetech", ids=[1, 2, 3, 4, 5]) as bus:  # motor 6 missing
-        with pytest.raises(RigError, match=rf"ping of motor 6 failed {RETRIES} times: .*no status packet"):
+        with pytest.raises(RigError, match=rf"ping of motor 6 failed {RETRIES} times: .*no status packet! "
+                           r"\(last bytes from the bus: nothing\)"):
             open_arm(
                 ArmConfig(type="so101", serial_port=bus.port, action="joints", options=OPT, stale_s=STALE_S)
             )

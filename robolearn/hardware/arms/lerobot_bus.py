@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import termios
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -103,8 +104,10 @@ class BusArm(Arm):
 
     # ---------------------------------------------------------------- bus
     def _fail(self, what: str, result: int) -> RuntimeError:
+        heard = bytes(getattr(self, "_heard", b"")).hex(" ") or "nothing"  # the last try's
         return RuntimeError(
-            f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: {self._ph.getTxRxResult(result)}"
+            f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: {self._ph.getTxRxResult(result)} "
+            f"(last bytes from the bus: {heard})"
         )
 
     def connect(self) -> None:
@@ -124,6 +127,17 @@ class BusArm(Arm):
                 f"at {self.cfg.baudrate} baud"
             )
         self._port = port
+        # Keep the last bytes the bus sent, for the error message: garbage says wrong baud rate or a
+        # second device on the line, an echo of our own packets a misconfigured adapter, nothing no power.
+        self._heard: deque[int] = deque(maxlen=24)
+        read = port.readPort
+
+        def read_and_keep(length: int) -> Any:
+            data = read(length)
+            self._heard.extend(data)
+            return data
+
+        port.readPort = read_and_keep
         for i in self.ids:
             found: list[int] = []
             self._tx(lambda i=i, found=found: self._ping(i, found), f"ping of motor {i}")
@@ -148,6 +162,8 @@ class BusArm(Arm):
     def _tx(self, fn: Any, what: str) -> Any:
         result = -1
         for _ in range(int(self.opt["retries"])):
+            if hasattr(self, "_heard"):
+                self._heard.clear()  # the error names what the last try heard
             try:
                 result = fn()
             except PORT_GONE as e:  # the adapter is gone

@@ -293,20 +293,23 @@ class ResidualLearner:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _per_dimension(values: list[float], action_dim: int, key: str) -> list[float]:
+    """A recipe's per-action-dimension list, checked against the base's action size."""
+    if len(values) != action_dim:
+        raise ConfigError(f"{len(values)} entries, but the base's actions have {action_dim} dimensions", key=key)
+    return [float(m) for m in values]
+
+
 def reg_weights(a: ActorSection, action_dim: int) -> list[float]:
     """The pull toward the base per action dimension: ``reg_dims``, or 1 everywhere."""
-    if a.reg_dims and len(a.reg_dims) != action_dim:
-        raise ConfigError(f"{len(a.reg_dims)} entries, but the base's actions have {action_dim} dimensions",
-                          key="actor.reg_dims")
-    return [float(m) for m in a.reg_dims] if a.reg_dims else [1.0] * action_dim
+    return _per_dimension(a.reg_dims, action_dim, "actor.reg_dims") if a.reg_dims else [1.0] * action_dim
 
 
 def actor_bound(a: ActorSection, action_dim: int) -> float | list[float]:
     """The recipe's residual bound: ``scale``, or ``scale`` times each of ``dim_scale``."""
-    if a.dim_scale and len(a.dim_scale) != action_dim:
-        raise ConfigError(f"{len(a.dim_scale)} entries, but the base's actions have {action_dim} dimensions",
-                          key="actor.dim_scale")
-    return [a.scale * float(m) for m in a.dim_scale] if a.dim_scale else a.scale
+    if not a.dim_scale:
+        return a.scale
+    return [a.scale * m for m in _per_dimension(a.dim_scale, action_dim, "actor.dim_scale")]
 
 
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:

@@ -64,6 +64,8 @@ class BusArm(Arm):
                 key="options",
             )
         self.opt = {**DEFAULTS, **cfg.options}
+        # The last bytes the bus sent during the last try, for the error message (filled by connect).
+        self._heard: deque[int] = deque(maxlen=24)
         if self.opt["backend"] not in ("sdk", "lerobot"):
             raise ConfigError(
                 f"options.backend must be 'sdk' or 'lerobot', got {self.opt['backend']!r}", key="options"
@@ -104,7 +106,7 @@ class BusArm(Arm):
 
     # ---------------------------------------------------------------- bus
     def _fail(self, what: str, result: int) -> RuntimeError:
-        heard = bytes(getattr(self, "_heard", b"")).hex(" ") or "nothing"  # the last try's
+        heard = bytes(self._heard).hex(" ") or "nothing"
         return RuntimeError(
             f"{self.cfg.type} bus on {self.cfg.serial_port}: {what}: {self._ph.getTxRxResult(result)} "
             f"(last bytes from the bus: {heard})"
@@ -129,7 +131,6 @@ class BusArm(Arm):
         self._port = port
         # Keep the last bytes the bus sent, for the error message: garbage says wrong baud rate or a
         # second device on the line, an echo of our own packets a misconfigured adapter, nothing no power.
-        self._heard: deque[int] = deque(maxlen=24)
         read = port.readPort
 
         def read_and_keep(length: int) -> Any:
@@ -162,8 +163,7 @@ class BusArm(Arm):
     def _tx(self, fn: Any, what: str) -> Any:
         result = -1
         for _ in range(int(self.opt["retries"])):
-            if hasattr(self, "_heard"):
-                self._heard.clear()  # the error names what the last try heard
+            self._heard.clear()  # the error names what the last try heard
             try:
                 result = fn()
             except PORT_GONE as e:  # the adapter is gone

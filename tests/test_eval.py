@@ -83,7 +83,7 @@ def test_hung_worker_fails_the_run_with_its_seed(ckpt, monkeypatch):
         evaluate(ckpt, "lift", episodes=2, workers=1, n_envs=1, max_steps=4, videos=0, worker_timeout=3.0)
 
 
-# The evaluating process, as a script: it notes each worker's pid in a file as the worker starts, so the test
+# The evaluating process, as a script: it notes its worker's pid in a file as the worker starts, so the test
 # needs no /proc reads of processes that are still exec'ing (their cmdline is not worth a stall to find them).
 KILLED_PARENT = """
 import multiprocessing.process as mpp
@@ -101,7 +101,7 @@ def noted_start(self):
 
 
 mpp.BaseProcess.start = noted_start
-evaluate(sys.argv[1], "lift", episodes=400, workers=2, n_envs=2, videos=0)
+evaluate(sys.argv[1], "lift", episodes=400, workers=1, n_envs=1, videos=0)
 """
 
 
@@ -118,37 +118,52 @@ def _states(pids: list[int]) -> str:
 
 
 @pytest.mark.realtime
+@pytest.mark.timeout(1200)  # CI has stalled whole minutes while three fresh processes load torch; see below
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
-def test_workers_stop_when_the_evaluating_process_is_killed(ckpt, tmp_path):
-    """SIGKILL skips the parent's clean-up: its workers must notice and stop, not finish their episodes
-    and then wait for seeds forever holding a core each."""
+def test_worker_stops_when_the_evaluating_process_is_killed(ckpt, tmp_path):
+    """SIGKILL skips the parent's clean-up: its worker must notice and stop, not finish its episodes and
+    then wait for seeds forever holding a core.
+
+    One worker, not two: the mechanism is per process (PR_SET_PDEATHSIG), and CI twice stalled for minutes
+    while a parent and two workers faulted in torch at once. The waits allow for such a stall (the
+    mark's 1200 s is over all of them) and every message says how long each phase took."""
     pids = tmp_path / "workers.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(FAULT_ENV, None)
     t0 = time.monotonic()
+    phases: list[str] = []
+
+    def phase(name: str) -> None:
+        phases.append(f"{name} at {time.monotonic() - t0:.1f} s")
+
     log = tmp_path / "parent.log"
     with log.open("wb") as f:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(ckpt), str(pids)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=f)
+    phase("parent started")
     kids: list[int] = []
     try:
-        while len(kids) < 2 and time.monotonic() - t0 < 120 and proc.poll() is None:
+        while not kids and time.monotonic() - t0 < 400 and proc.poll() is None:
             time.sleep(0.2)
             kids = [int(x) for x in pids.read_text().split("\n")[:-1]] if pids.is_file() else []  # whole lines
-        assert len(kids) == 2, (f"the two eval workers did not start in {time.monotonic() - t0:.0f} s: "
+        phase("worker noted")
+        assert len(kids) == 1, (f"the eval worker did not start ({', '.join(phases)}): "
                                 f"{_states([proc.pid, *kids])}; the parent said: {log.read_text()[-2000:]}")
-        time.sleep(8)  # into their episodes (policy loaded, sims stepping)
-        assert all(pid_running(k) for k in kids), f"an eval worker ended before its parent was killed: " \
-                                                  f"{_states(kids)}"
+        time.sleep(8)  # into its episodes (policy loaded, sims stepping)
+        phase("slept 8 s")
+        assert pid_running(kids[0]), (f"the eval worker ended before its parent was killed ({', '.join(phases)}): "
+                                      f"{_states(kids)}; the parent said: {log.read_text()[-2000:]}")
     finally:
         proc.kill()
         proc.wait()
+    phase("parent reaped")
     killed = time.monotonic()
-    # The kernel kills them with the parent (PR_SET_PDEATHSIG); 60 s allows for a slow disk under a worker's import.
-    while any(pid_running(k) for k in kids) and time.monotonic() - killed < 60:
+    # The kernel kills it with the parent (PR_SET_PDEATHSIG); 300 s allows for a stalled disk or host.
+    while pid_running(kids[0]) and time.monotonic() - killed < 300:
         time.sleep(0.2)
-    left = [k for k in kids if pid_running(k)]
-    states = _states(left)
-    for k in left:
-        os.kill(k, 9)
-    assert not left, f"eval workers {left} outlived their killed parent by 60 s ({states})"
+    phase("wait ended")
+    states = _states(kids)
+    left = pid_running(kids[0])
+    if left:
+        os.kill(kids[0], 9)
+    assert not left, f"eval worker {kids[0]} outlived its killed parent ({', '.join(phases)}; {states})"

@@ -345,6 +345,76 @@ def test_per_dimension_pull_weights_each_dimension_of_the_penalty():
         _recipe("actor.reg_dims=[1,-1,1]")
 
 
+def test_critic_reads_the_residual_in_units_of_the_scale_and_learns_its_slope():
+    """critic.residual_unit: the critics see residual / actor.scale. It is the same network on a scaled
+    input (not saved: old states load), and it learns Q's slope in the residual (what the TD3 actor
+    climbs) where raw ~0.1-sized inputs leave it to the slowest-learning weights."""
+    def learner(unit: bool, seed: int) -> ResidualLearner:
+        torch.manual_seed(seed)
+        return ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=64", "actor.scale=0.1",
+                                       f"critic.residual_unit={str(unit).lower()}", f"seed={seed}"), 6, 3)
+
+    raw, scaled = learner(False, 0), learner(True, 0)
+    assert "residual_gain" not in scaled.critic.state_dict()
+    scaled.critic.load_state_dict(raw.critic.state_dict())
+    o, b, r = torch.randn(8, 6), torch.rand(8, 3) * 2 - 1, (torch.rand(8, 3) * 2 - 1) * 0.1
+    assert torch.allclose(scaled.critic(o, b, r), raw.critic(o, b, r * 10), atol=1e-6)
+
+    def slope_after_training(unit: bool, seed: int) -> float:
+        lrn, rng = learner(unit, seed), np.random.default_rng(seed)
+
+        def batch(n: int) -> dict[str, np.ndarray]:  # one-step targets: Q = tanh(obs_0) + residual_0 / 0.1
+            o, res = rng.normal(size=(n, 6)), rng.uniform(-0.1, 0.1, (n, 3))
+            b = rng.uniform(-1, 1, (n, 3))
+            return {"obs": o, "base": b, "residual": res, "reward": np.tanh(o[:, 0]) + res[:, 0] / 0.1,
+                    "discount": np.zeros(n), "next_obs": o, "next_base": b}
+
+        for _ in range(300):
+            lrn.update(batch(256), train_actor=False)
+        t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in batch(2000).items()}
+        step = torch.zeros(3)
+        step[0] = 0.01
+        with torch.no_grad():
+            dq = lrn.critic(t["obs"], t["base"], t["residual"] + step) - lrn.critic(t["obs"], t["base"], t["residual"])
+        return float(dq.mean() / 0.01)  # the true slope is 10
+
+    for seed in (0, 1):
+        s_raw, s_unit = slope_after_training(False, seed), slope_after_training(True, seed)
+        assert s_unit > 7.5 and s_raw < 0.6 * s_unit, (s_raw, s_unit)  # measured: ~2-3 vs ~9
+
+
+def test_bf16_learner_matches_fp32_and_keeps_fp32_state():
+    """mixed_precision=bf16: autocast passes, fp32 weights and optimiser state; from the same init and
+    batches it tracks the fp32 learner's losses and learns the same toy Q (a TD3 actor step included)."""
+    def learner(mp: str) -> ResidualLearner:
+        torch.manual_seed(0)
+        return ResidualLearner(_recipe("actor.hidden=32", "critic.hidden=64", "critic.n=4", "actor.reg=0.1",
+                                       f"mixed_precision={mp}"), 6, 3)
+
+    def batch(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:  # one step: Q = tanh(obs_0) + 5 res_0
+        o, res, b = rng.normal(size=(n, 6)), rng.uniform(-0.1, 0.1, (n, 3)), rng.uniform(-1, 1, (n, 3))
+        return {"obs": o, "base": b, "residual": res, "reward": np.tanh(o[:, 0]) + 5 * res[:, 0],
+                "discount": np.zeros(n), "next_obs": o, "next_base": b}
+
+    runs = {}
+    for mp in ("no", "bf16"):
+        lrn, rng = learner(mp), np.random.default_rng(0)
+        losses = [lrn.update(batch(rng, 256), train_actor=i % 2 == 1)["critic_loss"] for i in range(300)]
+        assert all(p.dtype == torch.float32 for p in [*lrn.critic.parameters(), *lrn.actor.parameters()])
+        assert all(v.dtype == torch.float32 for st in lrn.opt_c.state.values() for v in st.values()
+                   if torch.is_tensor(v) and v.is_floating_point())
+        t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in batch(np.random.default_rng(9), 2000).items()}
+        with torch.no_grad():
+            q = lrn.critic(t["obs"], t["base"], t["residual"]).mean(0)
+            res = lrn.actor(t["obs"], t["base"])
+        runs[mp] = (np.array(losses), float((q - t["reward"]).pow(2).mean()), float(res[:, 0].mean()))
+    (l32, e32, r32), (l16, e16, r16) = runs["no"], runs["bf16"]
+    assert abs(l16[0] - l32[0]) < 0.02 * l32[0]  # the first step: the same network, bf16 rounding only
+    assert l16[-50:].mean() < 0.2 * l16[:10].mean(), (l16[:10].mean(), l16[-50:].mean())  # measured: 2.1 -> 0.28
+    assert e16 < 0.1 and e16 < 1.5 * e32 + 0.01, (e32, e16)  # held-out error, measured: 0.063 for both
+    assert r32 > 0 and r16 > 0  # both actors climb Q's slope in residual_0 (against the pull)
+
+
 def test_env_pool_steps_async_like_in_lockstep():
     """step_async + step_wait returns what step does, with work done in between; one step at a time."""
     from robolearn.rl.envs import EnvPool

@@ -172,6 +172,25 @@ def test_persistent_checksum_errors_and_unplugging_stop_the_arm(protocol: str, a
             arm.close()
 
 
+@pytest.mark.parametrize("protocol,arm_type", ARMS)
+def test_late_answers_do_not_desynchronise_the_retries(protocol: str, arm_type: str) -> None:
+    """An answer that comes after the SDK's timeout must not be read as the answer to the next try: the
+    driver waits for the line to go quiet before asking again. (Discarding at once, an answer 2 ms late
+    arrived after every discard, and each ping read the last try's model-number reply: 25 failed tries.)"""
+    with ServoBusEmulator(protocol, latency_s=0.002) as bus:
+        bus.delay_next(1, 0.05)  # the first ping's answer, just past the SDK's ~34 ms timeout
+        arm = _open(bus, arm_type)
+        try:
+            assert all(bus.torque(i) for i in range(1, 7))
+            arm.send_action(np.zeros(6))
+            bus.delay_next(1, 0.05)  # one sync read answered late, while the arm runs
+            time.sleep(0.5)
+            assert arm.status()["status"] == "running"
+            assert _wait(lambda: arm.state()[1] > time.monotonic() - 0.2)  # fresh state again
+        finally:
+            arm.close()
+
+
 def test_missing_port_and_motor_are_clear_errors() -> None:
     with pytest.raises(UserError, match=r"so100 arm: cannot open serial port /nonexistent/ttyACM9"):
         open_arm(ArmConfig(type="so100", serial_port="/nonexistent/ttyACM9", action="joints"))

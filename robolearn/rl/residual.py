@@ -157,11 +157,15 @@ class EnsembleLinear(nn.Module):
 class CriticEnsemble(nn.Module):
     """``n`` Q-networks with LayerNorm on (features, base action, residual): Q values (E, B)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, n: int = 2, hidden: int = 256, layers: int = 2) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, n: int = 2, hidden: int = 256, layers: int = 2,
+                 residual_gain: float = 1.0) -> None:
         super().__init__()
         if n < 2:
             raise UserError(f"the critic ensemble needs at least 2 members, got {n}")
         self.n = n
+        # The residual enters multiplied by this (e.g. 1 / actor.scale): a correction of ~0.05 next to
+        # inputs of ~1 leaves Q's slope in it (what the actor climbs) to the slowest-learning weights.
+        self.register_buffer("residual_gain", torch.tensor(float(residual_gain)), persistent=False)
         mods: list[nn.Module] = []
         d = obs_dim + 2 * action_dim
         for _ in range(layers):
@@ -171,7 +175,7 @@ class CriticEnsemble(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, obs: Tensor, base: Tensor, residual: Tensor) -> Tensor:
-        x = torch.cat([obs, base, residual], -1)
+        x = torch.cat([obs, base, residual * self.residual_gain], -1)
         return self.net(x.unsqueeze(0).expand(self.n, *x.shape)).squeeze(-1)
 
     def min_pair(self, q: Tensor, generator: torch.Generator | None = None) -> Tensor:

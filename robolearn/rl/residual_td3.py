@@ -70,6 +70,8 @@ class CriticSection:
     hidden: int = field(default=256, metadata={"min": 1})
     layers: int = field(default=2, metadata={"min": 1})
     lr: float = field(default=3e-4, metadata={"gt": 0.0})
+    # Feed the critics the residual in units of actor.scale (x 1/scale) rather than raw normalised units.
+    residual_unit: bool = False
 
 
 @dataclass
@@ -136,6 +138,10 @@ class FinetuneRecipe:
     ckpt_every: int = field(default=5000, metadata={"min": 1})
     log_every: int = field(default=1000, metadata={"min": 1})
     seed: int = field(default=0, metadata={"min": 0})
+    # bf16: the learner's forward and backward passes under autocast (weights, optimiser state, targets
+    # and losses stay fp32). On a CPU with AVX512-BF16 a 10-critic step is ~1.8x faster (README); on
+    # one without, slower. Acting and evaluation stay fp32.
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16")})
     actor: ActorSection = field(default_factory=ActorSection)
     critic: CriticSection = field(default_factory=CriticSection)
     demos: DemoSection = field(default_factory=DemoSection)
@@ -206,13 +212,18 @@ class ResidualLearner:
         # 9x weaker at 3x the bound: can fell to 0.32 that way, README).
         self.unit = float(a.scale)
         self.reg_w = torch.as_tensor(reg_weights(a, action_dim), dtype=torch.float32)  # (action_dim,)
-        self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers)
+        self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers,
+                                     residual_gain=1.0 / self.unit if c.residual_unit else 1.0)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr, foreach=True)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=c.lr, foreach=True)
         self.log_alpha = torch.tensor(float(np.log(cfg.sac.init_alpha)), requires_grad=True)
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=a.lr)
         self.target_entropy = cfg.sac.target_entropy if cfg.sac.target_entropy is not None else -float(action_dim)
+        self.bf16 = cfg.mixed_precision == "bf16"
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, base: torch.Tensor, explore: bool,
@@ -234,31 +245,35 @@ class ResidualLearner:
         o, b, r, ret, disc, o2, b2 = (bt[k] for k in ("obs", "base", "residual", "reward", "discount", "next_obs",
                                                        "next_base"))
         # Targets: n-step return + discounted min over a random pair of target critics at the next state.
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             if self.sac:
                 r2, logp2 = self.actor.sample(o2, b2)
-                q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen) - self.log_alpha.exp() * logp2
+                r2, logp2 = r2.float(), logp2.float()
+                q_next = critic.min_pair(self.critic_t(o2, b2, r2).float(), self.gen) - self.log_alpha.exp() * logp2
             else:
                 noise = (torch.randn(r.shape, generator=self.gen) * cfg.target_noise * unit).clamp(
                     -cfg.target_noise_clip * unit, cfg.target_noise_clip * unit)
-                r2 = (self.actor_t(o2, b2) + noise).clamp(-scale, scale)
-                q_next = critic.min_pair(self.critic_t(o2, b2, r2), self.gen)
+                r2 = (self.actor_t(o2, b2).float() + noise).clamp(-scale, scale)
+                q_next = critic.min_pair(self.critic_t(o2, b2, r2).float(), self.gen)
             y = ret + disc * q_next
-        q = critic(o, b, r)  # (E, B): every member regresses to the same target
+        with self._autocast():
+            q = critic(o, b, r).float()  # (E, B): every member regresses to the same target
         loss_c = (q - y).pow(2).mean(1).sum()
         self.opt_c.zero_grad(set_to_none=True)
         loss_c.backward()
         self.opt_c.step()
         logs = {"q": float(q.detach().mean()), "critic_loss": float(loss_c.detach())}
         if train_actor:  # after the critic-only warm-up, every policy_delay updates
-            if self.sac:
-                res, logp = self.actor.sample(o, b)
-                q_pi = critic(o, b, res).mean(0)
-                loss_a = (self.log_alpha.exp().detach() * logp - q_pi).mean()
-            else:
-                res = self.actor(o, b)
-                q_pi = critic(o, b, res).mean(0)
-                loss_a = -q_pi.mean()
+            with self._autocast():
+                if self.sac:
+                    res, logp = self.actor.sample(o, b)
+                    res, logp = res.float(), logp.float()
+                    q_pi = critic(o, b, res).float().mean(0)
+                    loss_a = (self.log_alpha.exp().detach() * logp - q_pi).mean()
+                else:
+                    res = self.actor(o, b).float()
+                    q_pi = critic(o, b, res).float().mean(0)
+                    loss_a = -q_pi.mean()
             if cfg.actor.reg > 0:  # Q normalised so that reg means the same whatever the reward's scale
                 pen = ((res / unit).pow(2) * self.reg_w).mean()
                 loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6) + cfg.actor.reg * pen

@@ -112,6 +112,7 @@ class ServoBusEmulator:
         self.packets = 0  # instruction packets parsed
         self.bad_packets = 0  # instruction packets with a wrong checksum (ignored, as motors do)
         self._corrupt = 0
+        self._delays: list[float] = []  # extra seconds before the next answers
         self._last_motion = time.monotonic()
         self._lock = threading.Lock()
         self._master, self._slave = os.openpty()
@@ -159,6 +160,11 @@ class ServoBusEmulator:
     def corrupt_next(self, n: int = 1) -> None:
         """Send the next ``n`` status packets with a wrong checksum."""
         self._corrupt += n
+
+    def delay_next(self, n: int = 1, seconds: float = 0.2) -> None:
+        """Answer the next ``n`` instructions ``seconds`` late (a USB adapter or a host that stalls): the
+        host times out, and the late answers arrive while it is asking again."""
+        self._delays += [seconds] * n
 
     def disconnect(self) -> None:
         """Unplug: the port's next read or write fails."""
@@ -309,5 +315,7 @@ class ServoBusEmulator:
                 replies = []
         if replies and self.latency_s:  # the bus answers an instruction this much later
             time.sleep(self.latency_s)
+        if replies and self._delays:
+            time.sleep(self._delays.pop(0))
         for i, data in replies:
             status(i, data)

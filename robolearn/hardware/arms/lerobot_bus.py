@@ -28,6 +28,10 @@ MOTOR_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wri
 RESOLUTION = 4096  # ticks per turn (STS3215, XL430, XL330)
 # backend "sdk": the vendor SDK's group sync read/write here; "lerobot": lerobot's motor bus classes
 # (FeetechMotorsBus / DynamixelMotorsBus, with lerobot's own normalisation), for setups built with lerobot.
+# After a failed try, the line must be quiet this long before the next: more than a status packet's
+# gap on a real bus (< 1 ms at 1 Mbaud, plus a USB adapter's latency timer of 1-16 ms); at most MAX.
+DRAIN_QUIET_S = 0.02
+DRAIN_MAX_S = 0.2
 DEFAULTS = {"retries": 3, "torque_off_on_disconnect": False, "backend": "sdk"}
 # What a vanished adapter raises: pyserial's SerialException (an OSError), and termios.error (not an
 # OSError) from the flush/drain the SDKs call before each packet.
@@ -174,11 +178,24 @@ class BusArm(Arm):
                 result = self._sdk.COMM_RX_CORRUPT
             if result == 0:
                 return result
-            try:  # drop a late or broken answer before asking again
-                self._port.ser.reset_input_buffer()
-            except Exception:  # noqa: BLE001
-                pass
+            self._drain()
         raise self._fail(f"{what} failed {self.opt['retries']} times", result)
+
+    def _drain(self) -> None:
+        """Drop a late or broken answer before asking again, once the line is quiet: discarding at once
+        left a reply still on its way to be read as the next try's answer, and then every try failed
+        (each ping read the previous try's model-number reply; tests/test_servo_bus.py)."""
+        ser = self._port.ser
+        end = time.monotonic() + DRAIN_MAX_S
+        try:
+            while True:
+                ser.reset_input_buffer()
+                time.sleep(DRAIN_QUIET_S)
+                if not ser.in_waiting or time.monotonic() > end:
+                    break
+            ser.reset_input_buffer()
+        except Exception:  # noqa: BLE001 - an unplugged adapter: the next try reports it
+            pass
 
     def _ping(self, motor_id: int, found: list[int]) -> int:
         model, result, _ = self._ph.ping(self._port, motor_id)

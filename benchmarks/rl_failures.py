@@ -19,6 +19,7 @@ the raw (OSC delta) action in x, y, z, steers the open gripper over the object a
 the simulator's object position (privileged state, not what the learned residual gets):
 
     python benchmarks/rl_failures.py benchmarks/results/rl_work/base_can_v2/checkpoints/step_0001200 --task can --steer 0.3
+    python benchmarks/rl_failures.py benchmarks/results/rl_work/base_can_v5/checkpoints/step_0001500 --task can --steer 0.3 --hold-open 0.02
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ STEER_ABOVE_M = 0.012  # --steer: bring the fingertips this far above the object
 OSC_M = 0.05  # metres of target motion per unit of a robosuite OSC delta action
 
 
-def steer(action: np.ndarray, eef: np.ndarray, obj: np.ndarray, bound: float) -> np.ndarray:
+def steer(action: np.ndarray, eef: np.ndarray, obj: np.ndarray, bound: float, hold: float = 0.0) -> np.ndarray:
     """The scripted correction of ``--steer``: while the gripper is commanded open and the object is still
-    low, move toward it (x, y first; z once within 2 cm in x, y), each of x, y, z within +-bound."""
-    if action[-1] >= 0 or obj[2] >= 0.9:  # closing, or already lifted: leave the base alone
+    low, move toward it (x, y first; z once within 2 cm in x, y), each of x, y, z within +-bound.
+    ``hold`` > 0 (``--hold-open``) also keeps the gripper open while the base closes it more than ``hold``
+    above the object's centre or 2 cm off in x, y: a correction of the gripper's timing as well."""
+    if obj[2] >= 0.9:  # already lifted: leave the base alone
         return action
+    if action[-1] >= 0:  # the base closes
+        off = eef - obj
+        if hold <= 0 or (off[2] <= hold and np.linalg.norm(off[:2]) <= 0.02):
+            return action
+        action = action.copy()
+        action[-1] = -1.0
     d = np.array([obj[0] - eef[0], obj[1] - eef[1], obj[2] + STEER_ABOVE_M - eef[2]]) / OSC_M
     if np.linalg.norm(d[:2]) > 0.4:
         d[2] = 0.0
@@ -84,8 +93,8 @@ def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
 class Steered:
     """An agent whose actions get :func:`steer`'s correction; it reads every tick's observation."""
 
-    def __init__(self, agent: Any, bound: float) -> None:
-        self.agent, self.bound = agent, bound
+    def __init__(self, agent: Any, bound: float, hold: float = 0.0) -> None:
+        self.agent, self.bound, self.hold = agent, bound, hold
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.agent, name)
@@ -95,7 +104,8 @@ class Steered:
 
     def act(self, observations: Any) -> dict[int, np.ndarray]:
         out = self.agent.act(observations)
-        return {i: steer(a, observations[i]["robot0_eef_pos"], observations[i]["object"][:3], self.bound)
+        return {i: steer(a, observations[i]["robot0_eef_pos"], observations[i]["object"][:3], self.bound,
+                      self.hold)
                 for i, a in out.items()}
 
 
@@ -107,6 +117,9 @@ def main() -> None:
     ap.add_argument("--n-envs", type=int, default=5, help="envs stepped in lockstep in this one process")
     ap.add_argument("--steer", type=float, default=0.0,
                     help="add a scripted correction within +-STEER in x, y, z (raw action units; see above)")
+    ap.add_argument("--hold-open", type=float, default=0.0, metavar="M",
+                    help="with --steer: keep the gripper open while it is more than M metres above the "
+                         "object's centre (or 2 cm off in x, y) when the base closes it")
     args = ap.parse_args()
 
     import torch
@@ -129,7 +142,7 @@ def main() -> None:
         policy = load_policy(resolve_checkpoint(path), device="cpu")
         agent = PolicyAgent(policy, policy_features(policy, rigs[0]), args.n_envs)
     if args.steer > 0:
-        agent = Steered(agent, args.steer)
+        agent = Steered(agent, args.steer, args.hold_open)
     try:
         eps = run_batched(rigs, agent, eval_seeds(args.episodes), keep_streams=("control",))
     finally:
@@ -151,6 +164,9 @@ def main() -> None:
     if args.steer > 0:
         name += f"_steer{args.steer:g}"
         summary["steer"] = args.steer
+    if args.steer > 0 and args.hold_open > 0:
+        name += f"_hold{args.hold_open:g}"
+        summary["hold_open_m"] = args.hold_open
     out = RESULTS / f"rl_failures_{args.task}_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

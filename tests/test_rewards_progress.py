@@ -82,7 +82,9 @@ def test_progress_net_ranks_stalled_near_miss_below_success(lift_store, tmp_path
 
     torch.set_num_threads(1)  # a tiny network: threads cost more than they bring on a shared CPU
     out = tmp_path / "reward"
-    s = fit(FitConfig(data=str(lift_store), out=str(out), steps=250, batch_size=32, image_size=32, width=16),
+    # 800 steps: at 250 the stalls' last progress tied the successes' (0.9101 vs 0.9100) on one CPU and not
+    # on another; at 800 both margins below are wide (0.97 on the success head, 0.15 in progress) for seed 0.
+    s = fit(FitConfig(data=str(lift_store), out=str(out), steps=800, batch_size=32, image_size=32, width=16),
             progress=False)
     store = DemoStore.open(lift_store)
     _, held = split_episodes(store, 0.25)
@@ -103,13 +105,14 @@ def test_progress_net_ranks_stalled_near_miss_below_success(lift_store, tmp_path
     assert np.mean([f[2] for f in fail]) < np.mean([x[2] for x in succ]), ends
     assert (out / "scores.json").exists() and (out / "curves.png").exists()
 
-    # the RL loop's gate: refused with the figures unless forced
-    with pytest.raises(RewardGateError, match=r"VOC 0\.\d+ < 0\.999"):
-        load_gated_reward(str(out), gate=GateConfig(min_voc=0.999))
+    # the RL loop's gate, set just above this fit's own VOC: refused with the figures unless forced
+    above = round(s["voc"] + 0.0015, 4)
+    with pytest.raises(RewardGateError, match=rf"VOC {s['voc']:.3f} < {above}"):
+        load_gated_reward(str(out), gate=GateConfig(min_voc=above))
     with pytest.warns(UserWarning, match="forced"):
-        load_gated_reward(str(out), gate=GateConfig(min_voc=0.999), force=True)
+        load_gated_reward(str(out), gate=GateConfig(min_voc=above), force=True)
     assert load_gated_reward(str(out), gate=GateConfig(min_voc=0.5, min_auroc=0.5)) is not None
-    assert main(["reward", "check", "--reward", str(out), "--min-voc", "0.999"]) == 2
+    assert main(["reward", "check", "--reward", str(out), "--min-voc", str(above)]) == 2
 
 
 def test_reward_fit_and_score_cli(lift_store, tmp_path, capsys):

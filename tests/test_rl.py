@@ -255,6 +255,40 @@ def test_actor_reg_pulls_an_unrewarded_residual_back_to_the_base():
     assert mags[1.0] < 0.01 < mags[0.0], mags
 
 
+def test_demo_reg_pulls_the_residual_toward_the_demonstrated_correction_on_demo_rows_only():
+    """actor.demo_reg: on the rows sample_mixed marks as demonstrations, the actor is pulled toward the
+    demonstrated correction (demo - base); online rows are not. With a zero critic nothing else moves it."""
+    rng = np.random.default_rng(0)
+    online, demos = ReplayBuffer(512, 1, 1), ReplayBuffer(512, 1, 1)
+    for _ in range(512):  # demonstrations at obs +1 corrected by +0.06, online data at obs -1 uncorrected
+        t = {"reward": 0.0, "discount": 0.97, "base": [0.0], "next_base": [0.0]}
+        demos.add(t | {"obs": [1.0], "next_obs": [1.0], "residual": [0.06]})
+        online.add(t | {"obs": [-1.0], "next_obs": [-1.0], "residual": [0.0]})
+    batch = sample_mixed(online, demos, 64, 0.25, rng)
+    assert batch["demo"].tolist() == [1.0] * 16 + [0.0] * 48 and np.all(batch["obs"][:16] == 1.0)
+    assert "demo" not in sample_mixed(online, None, 64, 0.5, rng)
+
+    def run(demo_reg: float) -> tuple[float, float, dict]:
+        torch.manual_seed(0)
+        learner = ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16", "actor.scale=0.1",
+                                          f"actor.demo_reg={demo_reg}", "actor.lr=3e-3"), 1, 1)
+        with torch.no_grad():
+            for p in [*learner.critic.parameters(), *learner.critic_t.parameters()]:
+                p.zero_()
+        for _ in range(300):
+            logs = learner.update(sample_mixed(online, demos, 64, 0.25, rng), train_actor=True)
+        with torch.no_grad():
+            at = learner.actor(torch.tensor([[1.0], [-1.0]]), torch.zeros(2, 1))
+        return float(at[0, 0]), float(at[1, 0]), logs
+
+    demo_row, online_row, logs = run(1.0)
+    assert abs(demo_row - 0.06) < 0.01 and "demo_pull" in logs, (demo_row, logs)
+    assert demo_row - online_row > 0.03  # the pull acts where the demonstrations are, not everywhere
+    assert run(0.0)[:2] == (0.0, 0.0)  # off: a zero critic leaves the zero-initialised actor at the base
+    with pytest.raises(UserError, match=r"actor\.demo_reg"):
+        _recipe("actor.demo_reg=-1")
+
+
 def test_correlated_exploration_noise_keeps_its_std_and_persists():
     """AR(1) noise: the same per-tick std as white noise, lag-1 autocorrelation rho, so a push lasts;
     a reset env starts afresh while the others keep their state; rho 0 is white noise."""

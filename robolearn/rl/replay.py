@@ -95,14 +95,17 @@ class ReplayBuffer:
 
 def sample_mixed(online: ReplayBuffer, demos: ReplayBuffer | None, batch: int, demo_ratio: float,
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """RLPD: a share ``demo_ratio`` of every batch from the demonstrations, the rest online."""
+    """RLPD: a share ``demo_ratio`` of every batch from the demonstrations, the rest online. With
+    demonstrations in the batch, ``demo`` (B,) marks their rows with 1 (for ``actor.demo_reg``)."""
     if demos is None or len(demos) == 0 or demo_ratio <= 0:
         return online.sample(batch, rng)
     if len(online) == 0:
-        return demos.sample(batch, rng)
+        return demos.sample(batch, rng) | {"demo": np.ones(batch, np.float32)}
     nd = int(round(batch * demo_ratio))
     a, b = demos.sample(nd, rng), online.sample(batch - nd, rng)
-    return {k: np.concatenate([a[k], b[k]]) for k in a}
+    out = {k: np.concatenate([a[k], b[k]]) for k in a}
+    out["demo"] = np.r_[np.ones(nd, np.float32), np.zeros(batch - nd, np.float32)]
+    return out
 
 
 def demo_transitions(policy: Any, keys: list[str], store_path: str | Path, n_step: int, gamma: float,

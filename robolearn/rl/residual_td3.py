@@ -56,6 +56,11 @@ class ActorSection:
     # stays at ~3% of a 0.5 bound under reg 0.1 (README), so a weaker pull in x, y, z alone
     # (e.g. [0.1,0.1,0.1,1,1,1,1]) lets it grow where the reach is, and keeps rotation and gripper held.
     reg_dims: list[float] = field(default_factory=list)
+    # Pull toward the *demonstrated* correction on the batch's demonstration rows: + demo_reg *
+    # mean(((residual - (demo action - base action)) / scale)^2) there. reg pulls every correction
+    # toward zero, so the actor only leaves the base where the critic is sure; the demonstrations say
+    # in which direction the expert differed from the base (can: lower before the close). 0: off.
+    demo_reg: float = field(default=0.0, metadata={"min": 0.0})
 
     def validate(self) -> None:
         if any(m <= 0 for m in self.dim_scale):
@@ -274,10 +279,17 @@ class ResidualLearner:
                     res = self.actor(o, b).float()
                     q_pi = critic(o, b, res).float().mean(0)
                     loss_a = -q_pi.mean()
-            if cfg.actor.reg > 0:  # Q normalised so that reg means the same whatever the reward's scale
+            if cfg.actor.reg > 0 or cfg.actor.demo_reg > 0:  # Q normalised: the pulls mean the same whatever
+                loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6)  # the reward's scale
+            if cfg.actor.reg > 0:
                 pen = ((res / unit).pow(2) * self.reg_w).mean()
-                loss_a = loss_a / q_pi.detach().abs().mean().clamp_min(1e-6) + cfg.actor.reg * pen
+                loss_a = loss_a + cfg.actor.reg * pen
                 logs["residual_penalty"] = float(pen.detach())
+            rows = bt["demo"] > 0 if "demo" in bt else None
+            if cfg.actor.demo_reg > 0 and rows is not None and bool(rows.any()):
+                pull = ((res[rows] - r[rows]) / unit).pow(2).mean()
+                loss_a = loss_a + cfg.actor.demo_reg * pull
+                logs["demo_pull"] = float(pull.detach())
             self.opt_a.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_a.step()

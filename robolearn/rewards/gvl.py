@@ -181,12 +181,12 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
+        # The next slot counts from when this start really happened: a thread that wakes late under load
+        # must not let the next one go right behind it (a reserved schedule bunches up after a stall).
         with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
+            while (wait := self._next - time.monotonic()) > 0:
+                time.sleep(wait)
+            self._next = time.monotonic() + self.interval
 
     def delay(self, seconds: float) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,10 +171,8 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
         for e in eps:
             summary.rows[e] = log_episode(rec, store, e)
         rec.flush()
-        if on_ready is not None:
-            on_ready(where)
         if sink.startswith("serve"):
-            serve_forever()
+            serve_forever(on_ready=None if on_ready is None else lambda: on_ready(where))
             # Stopping the servers can wait on a client that is gone; Ctrl-C must end the process regardless.
             import threading
 
@@ -182,20 +180,27 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
             t.start()
             t.join(5.0)
             return summary
+        if on_ready is not None:
+            on_ready(where)
         rec.disconnect()
         return summary
     finally:
         store.close()
 
 
-def serve_forever() -> None:
-    """Keep this process (and the servers it runs) alive until Ctrl-C."""
+def serve_forever(on_ready: Callable[[], None] | None = None) -> None:
+    """Keep this process (and the servers it runs) alive until Ctrl-C; ``on_ready()`` announces it.
+
+    The announcement runs inside the Ctrl-C guard: a user (or a script) who reads it and presses Ctrl-C
+    at once stops the serving cleanly, not with a KeyboardInterrupt from the code between the two."""
     import signal
     import time
 
     # A parent that ignores SIGINT (a test runner, a launcher) passes that on: Ctrl-C must still stop this.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if on_ready is not None:
+            on_ready()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

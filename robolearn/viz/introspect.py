@@ -118,8 +118,7 @@ def introspect(policy: str | os.PathLike, task: str, seed: int = 0, samples: int
         if sink.startswith("serve"):
             from robolearn.viz.episode import serve_forever
 
-            print(f"serving on {where}; Ctrl-C to stop", flush=True)
-            serve_forever()
+            serve_forever(on_ready=lambda: print(f"serving on {where}; Ctrl-C to stop", flush=True))
         rec.disconnect()
     finally:
         rig.close()

@@ -178,19 +178,21 @@ class RateLimiter:
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def acquire(self) -> None:
         # The next slot counts from when this start really happened: a thread that wakes late under load
         # must not let the next one go right behind it (a reserved schedule bunches up after a stall).
-        with self._lock:
+        # Waiting on a condition (not sleeping under the lock) lets ``delay`` push back threads already waiting.
+        with self._cond:
             while (wait := self._next - time.monotonic()) > 0:
-                time.sleep(wait)
+                self._cond.wait(wait)
             self._next = time.monotonic() + self.interval
 
     def delay(self, seconds: float) -> None:
-        with self._lock:
+        with self._cond:
             self._next = max(self._next, time.monotonic() + seconds)
+            self._cond.notify_all()
 
 
 # ---------------------------------------------------------------------------------------- prompt & parse

@@ -171,8 +171,13 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
         for e in eps:
             summary.rows[e] = log_episode(rec, store, e)
         rec.flush()
+
+        def announce() -> None:
+            if on_ready is not None:
+                on_ready(where)
+
         if sink.startswith("serve"):
-            serve_forever(on_ready=None if on_ready is None else lambda: on_ready(where))
+            serve_forever(on_ready=announce)
             # Stopping the servers can wait on a client that is gone; Ctrl-C must end the process regardless.
             import threading
 
@@ -180,8 +185,7 @@ def view_store(store_path: str | os.PathLike, episodes: Sequence[int] | None = N
             t.start()
             t.join(5.0)
             return summary
-        if on_ready is not None:
-            on_ready(where)
+        announce()
         rec.disconnect()
         return summary
     finally:

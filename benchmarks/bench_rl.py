@@ -193,7 +193,8 @@ def stage_rl(args: argparse.Namespace) -> None:
                 cell[f"steps_to_{thr}"] = hit[0] if hit else None
             save_rl_cell(res, key)
             print(f"{key}: {out['env_steps']} env steps, success {out['base_success']:.2f} -> {out['success']:.2f}, "
-                  f"{out['env_steps_per_s']:.1f} env steps/s", flush=True)
+                  f"{out['env_steps_per_s']:.1f} env steps/s in this call, "
+                  f"{out['env_steps_per_s_overall']:.1f} overall ({out['wall_s']:.0f} s wall)", flush=True)
 
 
 def report() -> None:

@@ -528,10 +528,15 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     assert saved["progress"]["env_steps"] >= 100, proc.stderr.read().decode()[-2000:]
     saved = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
     at = saved["progress"]["env_steps"]
+    assert saved["progress"]["recent_success"], "the recent-episode window is saved for the resume"
     replay_at = int(np.load(tmp_path / "rl" / "replay.npz")["size"])
     out2 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=at + 20, overrides=small, progress=False)
     assert out2["env_steps"] == at + 20 and out2["updates"] > saved["progress"]["updates"]
     assert int(np.load(tmp_path / "rl" / "replay.npz")["size"]) > replay_at
+    # Asked again for the same step count, nothing runs; the whole-run rate still reads true.
+    out3 = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=at + 20, overrides=small, progress=False)
+    assert out3["env_steps"] == at + 20 and out3["env_steps_per_s"] == 0
+    assert 0 < out3["env_steps_per_s_overall"] <= out2["env_steps_per_s_overall"]
     with pytest.raises(UserError, match="another recipe"):
         finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=100, overrides=[*small, "actor.scale=0.2"],
                  progress=False)

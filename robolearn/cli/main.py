@@ -528,7 +528,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     curve = ", ".join(f"{r['env_steps']}: {r['success']:.2f}" for r in res["curve"])
     print(f"{args.out}: {res['env_steps']} env steps, success {res['base_success']:.2f} (base) -> {res['success']:.2f} "
           f"(base + residual) on {res['curve'][-1]['episodes']} fixed seeds; curve {curve}; "
-          f"{res['env_steps_per_s']:.0f} env steps/s")
+          f"{res['env_steps_per_s_overall']:.0f} env steps/s over {res['wall_s']:.0f} s")
     return 0
 
 

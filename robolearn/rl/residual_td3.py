@@ -540,6 +540,9 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
                                  within_bound=cfg.demos.within_bound)
 
     def save_state() -> None:
+        # The recent-episode window survives a resume: restarted empty, it would read the short (successful)
+        # episodes that end first after the restart, and the success curve would jump to 1 at every resume.
+        st["recent_success"], st["recent_return"] = list(recent), list(returns)
         ResidualPolicy(base, actor, str(base_ckpt), keys).save(
             out / "checkpoints" / "last", extra={"env_steps": st["env_steps"], "task": task, "algo": cfg.algo})
         online.save(out / "replay.npz")
@@ -564,8 +567,8 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
 
     agent = PolicyAgent(base, {k: base.shape_meta.obs[k] for k in base.obs_keys}, n)
     collector = NStepCollector(n, cfg.n_step, cfg.gamma, online.add)
-    recent: deque[float] = deque(maxlen=50)
-    returns: deque[float] = deque(maxlen=50)
+    recent: deque[float] = deque(st.get("recent_success", []), maxlen=50)
+    returns: deque[float] = deque(st.get("recent_return", []), maxlen=50)
     drift: deque[float] = deque(maxlen=50)
     ep_ret = np.zeros(n)
     logs: dict[str, float] = {}
@@ -723,7 +726,9 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     sps = (st["env_steps"] - steps_at_start) / max(time.perf_counter() - t_start, 1e-9)
     result = {"env_steps": st["env_steps"], "updates": st["updates"], "episodes": st["episodes"],
               "base_success": st["base_success"], "success": st["curve"][-1]["success"] if st["curve"] else None,
-              "curve": st["curve"], "wall_s": st["wall_s"], "env_steps_per_s": sps, "algo": cfg.algo,
+              "curve": st["curve"], "wall_s": st["wall_s"], "env_steps_per_s": sps,
+              # Over the whole run, every resume included (a call that had nothing left to do reports 0 above).
+              "env_steps_per_s_overall": st["env_steps"] / max(st["wall_s"], 1e-9), "algo": cfg.algo,
               "reward": cfg.reward.spec or "sparse", "demo_transitions": len(demos) if demos else 0,
               "checkpoint": str(out / "checkpoints" / "last")}
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -153,11 +153,24 @@ def main() -> None:
     counts = Counter(r["mode"] for r in rows)
     missed = [r["offset_at_close_m"] for r in rows if r["mode"] == "never_lifted" and r["offset_at_close_m"]]
     grasped = [r["offset_at_close_m"] for r in rows if r["mode"] == "success" and r["offset_at_close_m"]]
+    # Where the object starts, along x (away from the robot): on can, the misses gather at the near edge.
+    xs = np.array([r["object_xy0"][0] for r in rows if r.get("object_xy0")])
+    by_x = []
+    if len(xs) == len(rows) and len(rows) >= 3:
+        edges = np.linspace(xs.min(), xs.max() + 1e-9, 4)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            m = [r["success"] for r, x in zip(rows, xs, strict=True) if lo <= x < hi]
+            by_x.append({"x_from_m": round(float(lo), 3), "x_to_m": round(float(hi), 3), "episodes": len(m),
+                         "success": round(float(np.mean(m)), 3) if m else None})
     summary = {"policy": str(path), "task": args.task, "episodes": len(rows), "modes": dict(counts),
+               "success_by_start_x": by_x,
                "median_offset_at_close_m": {"never_lifted": np.median(missed, 0).round(3).tolist() if missed else None,
                                             "success": np.median(grasped, 0).round(3).tolist() if grasped else None},
                "machine": machine(), "episodes_detail": rows}
     print(f"{path} on {args.task}, {len(rows)} seeds: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    for b in by_x:
+        print(f"  object starting at x {b['x_from_m']:+.3f} .. {b['x_to_m']:+.3f} m: {b['episodes']} episodes, "
+              f"success {b['success']}")
     for k, v in summary["median_offset_at_close_m"].items():
         print(f"  median eef - object (x, y, z) at the first close, {k}: {v}")
     name = path.parent.parent.name + "_" + path.name if path.parent.name == "checkpoints" else path.name

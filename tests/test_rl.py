@@ -379,6 +379,29 @@ def test_per_dimension_pull_weights_each_dimension_of_the_penalty():
         _recipe("actor.reg_dims=[1,-1,1]")
 
 
+def test_per_dimension_exploration_scales_each_dimensions_noise():
+    """explore_dims: multipliers of explore_noise per action dimension, for white and correlated noise
+    alike, still clamped to each dimension's bound; empty is the old scalar noise draw for draw; a wrong
+    length or a negative entry is a config error naming the key."""
+    cfg = _recipe("actor.hidden=16", "critic.hidden=16", "actor.scale=0.1", "actor.dim_scale=[1,1,12]",
+                  "explore_noise=0.5", "explore_dims=[1,0,6]")
+    learner = ResidualLearner(cfg, 4, 3)
+    std = torch.tensor([0.05, 0.0, 0.3])
+    assert torch.allclose(learner.explore_std, std)
+    o, b = torch.randn(20000, 4), torch.rand(20000, 3) * 2 - 1
+    x = learner.act(o, b, explore=True)  # zero-initialised actor: the noise alone, within the bound
+    assert torch.allclose(x.std(0), std, atol=0.01) and float(x[:, 1].abs().max()) == 0.0
+    ex = ExploreNoise(2, 3, learner.explore_std, corr=0.5, seed=0)
+    assert torch.allclose(torch.stack([ex.sample() for _ in range(5000)]).std((0, 1)), std, atol=0.01)
+    plain, same = ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16"), 4, 3), \
+        ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16", "explore_dims=[1,1,1]"), 4, 3)
+    assert torch.equal(plain.act(o[:8], b[:8], explore=True), same.act(o[:8], b[:8], explore=True))
+    with pytest.raises(UserError, match=r"explore_dims: 2 entries, but the base's actions have 3 dimensions"):
+        ResidualLearner(_recipe("explore_dims=[1,2]"), 4, 3)
+    with pytest.raises(UserError, match=r"explore_dims=\[1,-1,1\]: every entry must be >= 0"):
+        _recipe("explore_dims=[1,-1,1]")
+
+
 def test_critic_reads_the_residual_in_units_of_the_scale_and_learns_its_slope():
     """critic.residual_unit: the critics see residual / actor.scale. It is the same network on a scaled
     input (not saved: old states load), and it learns Q's slope in the residual (what the TD3 actor

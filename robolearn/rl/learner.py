@@ -116,7 +116,7 @@ class RobotLearner:
             return {"type": "error", "message": f"the learner's residual reads {self.keys} with {self.adim}-d actions, "
                                                 f"the actor sends {h.get('keys')} with {h.get('action_dim')}-d"}
         return {"type": "ok", "actor": asdict(self.learner.actor.cfg), "algo": self.cfg.algo,
-                "explore_noise": self.cfg.explore_noise, "explore_std": self.cfg.explore_noise * self.learner.unit,
+                "explore_noise": self.cfg.explore_noise, "explore_std": self.learner.explore_std.tolist(),
                 "explore_corr": self.cfg.explore_corr, "version": self.st["version"], "protocol": PROTOCOL}
 
     def add_rows(self, uid: str, first_tick: int, arrays: dict[str, np.ndarray]) -> None:

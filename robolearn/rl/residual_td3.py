@@ -132,6 +132,9 @@ class FinetuneRecipe:
     tau: float = field(default=0.005, metadata={"gt": 0.0, "max": 1.0})
     policy_delay: int = field(default=2, metadata={"min": 1})
     explore_noise: float = field(default=0.5, metadata={"min": 0.0})  # x actor.scale (TD3), in every dimension
+    # Per action dimension, multipliers of explore_noise (e.g. [1,1,1,1,1,1,6]: 6x the noise on the gripper,
+    # whose command only acts through its sign, so small noise never tries a flipped one); empty: 1 everywhere.
+    explore_dims: list[float] = field(default_factory=list)
     # AR(1) coefficient of that noise in time (0: white). A correction that persists for ~1/(1-rho)
     # ticks moves the arm somewhere; white noise at the same std averages out within a few ticks.
     explore_corr: float = field(default=0.0, metadata={"min": 0.0, "lt": 1.0})
@@ -156,6 +159,8 @@ class FinetuneRecipe:
     sac: SACSection = field(default_factory=SACSection)
 
     def validate(self) -> None:
+        if any(m < 0 for m in self.explore_dims):
+            raise ConfigError(f"every entry must be >= 0, got {self.explore_dims}", key="explore_dims")
         if self.batch_size * self.demos.ratio < 1 and self.demos.ratio > 0:
             raise ConfigError(f"batch_size {self.batch_size} x demos.ratio {self.demos.ratio} < 1 sample",
                               key="demos.ratio")
@@ -217,6 +222,8 @@ class ResidualLearner:
         # 9x weaker at 3x the bound: can fell to 0.32 that way, README).
         self.unit = float(a.scale)
         self.reg_w = torch.as_tensor(reg_weights(a, action_dim), dtype=torch.float32)  # (action_dim,)
+        dims = _per_dimension(cfg.explore_dims, action_dim, "explore_dims") if cfg.explore_dims else [1.0] * action_dim
+        self.explore_std = torch.as_tensor(dims, dtype=torch.float32) * cfg.explore_noise * self.unit  # (action_dim,)
         self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers,
                                      residual_gain=1.0 / self.unit if c.residual_unit else 1.0)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
@@ -240,7 +247,7 @@ class ResidualLearner:
         if self.sac:
             return self.actor.sample(obs, base)[0]
         if noise is None:
-            noise = torch.randn(base.shape, generator=self.gen) * self.cfg.explore_noise * self.unit
+            noise = torch.randn(base.shape, generator=self.gen) * self.explore_std
         return (self.actor(obs, base) + noise).clamp(-self.scale, self.scale)
 
     def update(self, batch: dict[str, np.ndarray], train_actor: bool) -> dict[str, float]:
@@ -581,7 +588,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     obs: dict[int, Any] = {}
     pending: dict[int, tuple] = {}
     # Correlated TD3 exploration; white noise (explore_corr 0) keeps the learner's own generator.
-    explorer = (ExploreNoise(n, adim, cfg.explore_noise * learner.unit, cfg.explore_corr,
+    explorer = (ExploreNoise(n, adim, learner.explore_std, cfg.explore_corr,
                              seed=cfg.seed + 1 + st["episodes"])
                 if cfg.algo == "td3" and cfg.explore_corr > 0 else None)
 

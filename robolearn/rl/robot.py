@@ -187,8 +187,9 @@ class ResidualShaper:
         self.actor = ResidualActor(ActorConfig(**client.info["actor"])).eval()  # zero until weights arrive
         self.scale = self.actor.bound  # (action_dim,)
         self.noise = float(client.info.get("explore_noise", 0.0))
-        # The exploration noise's std in normalised action units, the same in every dimension.
-        self.noise_std = float(client.info.get("explore_std", self.noise * float(self.scale.max())))
+        # The exploration noise's std in normalised action units, per action dimension (or one for all).
+        self.noise_std = torch.as_tensor(client.info.get("explore_std", self.noise * float(self.scale.max())),
+                                         dtype=torch.float32)
         self.sac = client.info.get("algo") == "sac"
         self.gen = torch.Generator().manual_seed(seed)
         corr = float(client.info.get("explore_corr", 0.0))

@@ -402,6 +402,39 @@ def test_per_dimension_exploration_scales_each_dimensions_noise():
         _recipe("explore_dims=[1,-1,1]")
 
 
+def test_actor_ema_averages_the_online_actor_and_is_what_is_deployed():
+    """actor.ema: after every actor step the averaged actor moves a fraction ema of the way to the online
+    one (recomputed here from the online weights step by step); it is the deployed actor, is saved and
+    restored with the learner's state; with ema 0 the online actor is deployed and nothing is averaged."""
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(64, 3)), "base": rng.uniform(-1, 1, (64, 2)),
+             "residual": rng.uniform(-0.1, 0.1, (64, 2)), "reward": rng.normal(size=64),
+             "discount": np.full(64, 0.97), "next_obs": rng.normal(size=(64, 3)),
+             "next_base": rng.uniform(-1, 1, (64, 2))}
+    torch.manual_seed(0)
+    learner = ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16", "actor.ema=0.2"), 3, 2)
+    assert learner.deployed is learner.actor_ema
+    expect = {k: v.clone() for k, v in learner.actor.state_dict().items()}
+    for i in range(12):
+        train_actor = i % 2 == 1
+        learner.update(batch, train_actor=train_actor)
+        if train_actor:
+            now = learner.actor.state_dict()
+            expect = {k: e + 0.2 * (now[k] - e) for k, e in expect.items()}
+    got, online = learner.actor_ema.state_dict(), learner.actor.state_dict()
+    for k in expect:
+        assert torch.allclose(got[k], expect[k], atol=1e-6), k
+    assert any(not torch.allclose(got[k], online[k]) for k in got), "the average lags the online actor"
+    assert not any(p.requires_grad for p in learner.actor_ema.parameters())
+    again = ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16", "actor.ema=0.2"), 3, 2)
+    again.load_state_dict(learner.state_dict())
+    assert all(torch.equal(again.actor_ema.state_dict()[k], got[k]) for k in got)
+    plain = ResidualLearner(_recipe("actor.hidden=16", "critic.hidden=16"), 3, 2)
+    assert plain.actor_ema is None and plain.deployed is plain.actor and "actor_ema" not in plain.state_dict()
+    with pytest.raises(UserError, match=r"actor.ema"):
+        _recipe("actor.ema=1.0")
+
+
 def test_critic_reads_the_residual_in_units_of_the_scale_and_learns_its_slope():
     """critic.residual_unit: the critics see residual / actor.scale. It is the same network on a scaled
     input (not saved: old states load), and it learns Q's slope in the residual (what the TD3 actor
@@ -522,17 +555,23 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     train(recipe, store, tmp_path / "base", progress=False)
     small = ["env.n_envs=2", "env.workers=1", "env.max_steps=20", "eval.episodes=2", "eval.every=40",
              "learning_starts=20", "critic_warmup=30", "batch_size=16", "actor.hidden=32", "critic.hidden=32",
-             "ckpt_every=20", "log_every=10", "explore_corr=0.8"]
+             "ckpt_every=20", "log_every=10", "explore_corr=0.8", "actor.ema=0.05", "eval.compare_online=true"]
     rows = []
     out = finetune(tmp_path / "base", "sim:lift", tmp_path / "rl", steps=60, overrides=small, progress=False,
                    on_eval=rows.append)
     assert out["env_steps"] == 60 and out["updates"] > 0 and out["demo_transitions"] > 0
     assert [r["env_steps"] for r in rows] == [0, 40, 60]
-    assert rows[0]["success"] == rows[0]["base_success"]
+    assert rows[0]["success"] == rows[0]["base_success"] == rows[0]["success_online"]
+    assert all(0 <= r["success_online"] <= 1 for r in rows)  # the online actor, beside the averaged one
     assert (tmp_path / "rl" / "checkpoints" / "last" / "residual.json").is_file()
     assert list((tmp_path / "rl" / "tb").iterdir())
     state = torch.load(tmp_path / "rl" / "state.pt", weights_only=False)
     assert state["progress"]["env_steps"] == 60
+    # With actor.ema the checkpoint holds the averaged actor, not the online one.
+    saved_actor = load_residual(tmp_path / "rl" / "checkpoints" / "last").actor.state_dict()
+    ema, online = state["learner"]["actor_ema"], state["learner"]["actor"]
+    assert all(torch.equal(saved_actor[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], online[k]) for k in ema)
 
     # Killed mid-run (SIGKILL), the same command resumes from the last saved state: networks, optimisers
     # and replay buffer, in another number of env processes.

@@ -231,7 +231,7 @@ class RobotLearner:
     def save(self) -> None:
         from robolearn.rl.residual import ResidualPolicy
 
-        ResidualPolicy(self.base, self.learner.actor, str(self.base_ckpt), self.keys).save(
+        ResidualPolicy(self.base, self.learner.deployed, str(self.base_ckpt), self.keys).save(
             self.out / "checkpoints" / "last", extra={"env_steps": self.st["env_steps"], "algo": self.cfg.algo,
                                                       "rig": "robot"})
         self.online.save(self.out / "replay.npz")

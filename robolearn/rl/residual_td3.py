@@ -61,6 +61,10 @@ class ActorSection:
     # toward zero, so the actor only leaves the base where the critic is sure; the demonstrations say
     # in which direction the expert differed from the base (can: lower before the close). 0: off.
     demo_reg: float = field(default=0.0, metadata={"min": 0.0})
+    # Rate of an exponential moving average of the actor's weights, per actor update (0: off). When on,
+    # the average is what is evaluated and checkpointed (as diffusion_policy's EMA model); the online actor
+    # still explores. The online actor's success swings by ~0.1 between evaluations 25k steps apart.
+    ema: float = field(default=0.0, metadata={"min": 0.0, "lt": 1.0})
 
     def validate(self) -> None:
         if any(m <= 0 for m in self.dim_scale):
@@ -100,6 +104,8 @@ class EnvSection:
 class EvalSection:
     every: int = field(default=10000, metadata={"min": 1})  # env steps between evaluations
     episodes: int = field(default=50, metadata={"min": 1})  # fixed seeds 1,000,000 onwards, as `robolearn eval`
+    # With actor.ema: also evaluate the online actor on the same seeds (curve: success_online), side by side.
+    compare_online: bool = False
 
 
 @dataclass
@@ -227,6 +233,8 @@ class ResidualLearner:
         self.critic = CriticEnsemble(obs_dim, action_dim, c.n, c.hidden, c.layers,
                                      residual_gain=1.0 / self.unit if c.residual_unit else 1.0)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        # The averaged actor (actor.ema); ``deployed`` is what evaluation and checkpoints use.
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False) if a.ema > 0 else None
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=a.lr, foreach=True)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=c.lr, foreach=True)
         self.log_alpha = torch.tensor(float(np.log(cfg.sac.init_alpha)), requires_grad=True)
@@ -306,19 +314,30 @@ class ResidualLearner:
                 loss_alpha.backward()
                 self.opt_alpha.step()
             soft_update(self.actor_t, self.actor, cfg.tau)
+            if self.actor_ema is not None:
+                soft_update(self.actor_ema, self.actor, cfg.actor.ema)
             logs["actor_loss"] = float(loss_a.detach())
         soft_update(self.critic_t, critic, cfg.tau)
         return logs
+
+    @property
+    def deployed(self) -> torch.nn.Module:
+        """The actor to evaluate and checkpoint: the weight average when actor.ema is on."""
+        return self.actor_ema if self.actor_ema is not None else self.actor
 
     _PARTS = ("actor", "critic", "actor_t", "critic_t", "opt_a", "opt_c", "opt_alpha")
 
     def state_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k).state_dict() for k in self._PARTS}
+        if self.actor_ema is not None:
+            d["actor_ema"] = self.actor_ema.state_dict()
         return d | {"log_alpha": self.log_alpha.detach().clone(), "gen": self.gen.get_state()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for k in self._PARTS:
             getattr(self, k).load_state_dict(d[k])
+        if self.actor_ema is not None:
+            self.actor_ema.load_state_dict(d["actor_ema"])
         with torch.no_grad():
             self.log_alpha.copy_(d["log_alpha"])
         self.gen.set_state(d["gen"])
@@ -520,7 +539,7 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     learner = ResidualLearner(cfg, obs_dim, adim)
-    actor = learner.actor
+    actor = learner.deployed  # evaluated and checkpointed (the EMA of the online actor with actor.ema)
     online = ReplayBuffer(cfg.buffer, obs_dim, adim)
     st = {"env_steps": 0, "updates": 0, "episodes": 0, "next_seed": TRAIN_SEED_BASE, "next_eval": 0,
           "curve": [], "base_success": None, "wall_s": 0.0}
@@ -626,8 +645,18 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             actor.train()
             succ = float(np.mean([rr[s] for s in eval_seeds]))
         row = {"env_steps": st["env_steps"], "success": succ, "base_success": st["base_success"],
-               "episodes": len(eval_seeds), "wall_s": time.perf_counter() - t_wall, "eval_s": time.perf_counter() - t0,
-               "train_success_recent": float(np.mean(recent)) if recent else None}
+               "episodes": len(eval_seeds)}
+        if cfg.eval.compare_online and learner.actor_ema is not None:
+            if st["env_steps"] == 0:
+                row["success_online"] = succ
+            else:
+                learner.actor.eval()
+                ro = run_episodes(pool, base, keys, learner.actor, eval_seeds)
+                learner.actor.train()
+                row["success_online"] = float(np.mean([ro[s] for s in eval_seeds]))
+            writer.add_scalar("eval/success_online", row["success_online"], st["env_steps"])
+        row |= {"wall_s": time.perf_counter() - t_wall, "eval_s": time.perf_counter() - t0,
+                "train_success_recent": float(np.mean(recent)) if recent else None}
         st["curve"].append(row)
         with open(out / "curve.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -572,6 +572,11 @@ def test_finetune_end_to_end_on_lift_resumes_and_evaluates(tmp_path):
     ema, online = state["learner"]["actor_ema"], state["learner"]["actor"]
     assert all(torch.equal(saved_actor[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema[k], online[k]) for k in ema)
+    # Every evaluated residual is kept; the last evaluation's is the final state's.
+    kept = sorted(p.name for p in (tmp_path / "rl" / "checkpoints").iterdir() if p.name != "last")
+    assert kept == ["step_0000000", "step_0000040", "step_0000060"]
+    at60 = load_residual(tmp_path / "rl" / "checkpoints" / "step_0000060").actor.state_dict()
+    assert all(torch.equal(at60[k], saved_actor[k]) for k in at60)
 
     # Killed mid-run (SIGKILL), the same command resumes from the last saved state: networks, optimisers
     # and replay buffer, in another number of env processes.
@@ -626,3 +631,25 @@ def test_finetune_cli_mistakes_are_one_line(tmp_path):
                         "--rig", "hardware/sim_twin.yaml", "--episodes", "1", "--reward", "x", "--out", str(tmp_path / "o")],
                        env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--reward" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
+
+
+def test_finetune_restarts_a_run_that_died_before_its_first_save_and_keeps_others(tmp_path):
+    """A run killed after its step-0 evaluation but before its first state save left recipe.yaml,
+    curve.jsonl and that evaluation's checkpoint: the same command starts afresh. A folder holding a
+    later evaluation's checkpoint but no state is someone's results: refused, nothing touched."""
+    from robolearn.rl import finetune
+
+    base = tiny_checkpoint(tmp_path / "base")
+    small = ["env.n_envs=1", "env.workers=0", "env.max_steps=5", "eval.episodes=1", "eval.every=100",
+             "learning_starts=100", "actor.hidden=16", "critic.hidden=16", "demos.ratio=0"]
+    died = tmp_path / "died"
+    (died / "checkpoints" / "step_0000000").mkdir(parents=True)
+    (died / "curve.jsonl").write_text('{"env_steps": 0, "success": 0.0}\n')
+    out = finetune(base, "sim:lift", died, steps=3, overrides=small, progress=False)
+    assert out["env_steps"] == 3 and (died / "state.pt").is_file()
+    assert [json.loads(line)["env_steps"] for line in (died / "curve.jsonl").read_text().splitlines()] == [0, 3]
+    other = tmp_path / "other"
+    (other / "checkpoints" / "step_0025000").mkdir(parents=True)
+    with pytest.raises(UserError, match="not empty and holds no fine-tuning state"):
+        finetune(base, "sim:lift", other, steps=3, overrides=small, progress=False)
+    assert (other / "checkpoints" / "step_0025000").is_dir()

@@ -11,7 +11,8 @@ update-to-data ratio, on batches half demonstrations, half online data (RLPD).
     robolearn finetune --policy runs/can --rig sim:can --steps 200000 --out runs/can_rl [key=value ...]
 
 Run directory: ``recipe.yaml``, ``checkpoints/last/`` (residual + a hash-checked reference to its
-base; ``robolearn eval --policy RUN`` runs it), ``state.pt`` + ``replay.npz`` (everything needed to
+base; ``robolearn eval --policy RUN`` runs it), ``checkpoints/step_NNNNNNN/`` (the residual each
+evaluation scored, so a figure on the curve can be re-run), ``state.pt`` + ``replay.npz`` (everything needed to
 resume after a kill), ``curve.jsonl`` (evaluations), ``tb/`` (TensorBoard), ``result.json``.
 """
 
@@ -515,8 +516,12 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             raise UserError(f"{out} was started with another recipe (differs in {', '.join(diff)}); "
                             "choose a new --out or use the same settings")
     elif out.exists():
-        # A run that failed before its first save left only these: start it afresh.
-        if any(p.name not in ("recipe.yaml", "tb", "curve.jsonl") for p in out.iterdir()):
+        # A run that failed before its first save left only these (and the step-0 evaluation's
+        # checkpoint): start it afresh.
+        left = {p.name for p in out.iterdir()}
+        ck = out / "checkpoints"
+        if left - {"recipe.yaml", "tb", "curve.jsonl", "checkpoints"} or \
+                (ck.is_dir() and any(c.name != "step_0000000" for c in ck.iterdir())):
             raise UserError(f"{out} is not empty and holds no fine-tuning state; choose a new --out")
         (out / "curve.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -658,6 +663,10 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
         row |= {"wall_s": time.perf_counter() - t_wall, "eval_s": time.perf_counter() - t0,
                 "train_success_recent": float(np.mean(recent)) if recent else None}
         st["curve"].append(row)
+        # The residual this row scored, kept (a few hundred kB): `robolearn eval --policy` re-runs any point.
+        ResidualPolicy(base, actor, str(base_ckpt), keys).save(
+            out / "checkpoints" / f"step_{st['env_steps']:07d}",
+            extra={"env_steps": st["env_steps"], "task": task, "algo": cfg.algo, "success": succ})
         with open(out / "curve.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         writer.add_scalar("eval/success", succ, st["env_steps"])

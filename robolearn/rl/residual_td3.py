@@ -636,6 +636,12 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
             for i in envs:
                 dense[i].reset(obs[i][f"{camera}_image"], proprio(obs[i]))
 
+    def score(a: torch.nn.Module) -> float:
+        a.eval()
+        rr = run_episodes(pool, base, keys, a, eval_seeds)
+        a.train()
+        return float(np.mean([rr[s] for s in eval_seeds]))
+
     def evaluate_now() -> None:
         t0 = time.perf_counter()
         pool.set_render(False)  # the base and the residual read low-dim state only
@@ -645,20 +651,11 @@ def finetune(policy: str | os.PathLike, rig: str, out: str | os.PathLike, steps:
         if st["env_steps"] == 0:
             succ = st["base_success"]  # the residual is zero at step 0: exactly the base (tested)
         else:
-            actor.eval()
-            rr = run_episodes(pool, base, keys, actor, eval_seeds)
-            actor.train()
-            succ = float(np.mean([rr[s] for s in eval_seeds]))
+            succ = score(actor)
         row = {"env_steps": st["env_steps"], "success": succ, "base_success": st["base_success"],
                "episodes": len(eval_seeds)}
         if cfg.eval.compare_online and learner.actor_ema is not None:
-            if st["env_steps"] == 0:
-                row["success_online"] = succ
-            else:
-                learner.actor.eval()
-                ro = run_episodes(pool, base, keys, learner.actor, eval_seeds)
-                learner.actor.train()
-                row["success_online"] = float(np.mean([ro[s] for s in eval_seeds]))
+            row["success_online"] = succ if st["env_steps"] == 0 else score(learner.actor)
             writer.add_scalar("eval/success_online", row["success_online"], st["env_steps"])
         row |= {"wall_s": time.perf_counter() - t_wall, "eval_s": time.perf_counter() - t0,
                 "train_success_recent": float(np.mean(recent)) if recent else None}

@@ -7,7 +7,10 @@
 - ``holding_at_timeout``: still lifted when the episode ran out.
 
 Works for the single-object robosuite tasks (can, square, lift): their ``object`` observation starts
-with the object's position. A fine-tuned run (base + residual) is evaluated like any policy.
+with the object's position (then its rotation as rot6d). A fine-tuned run (base + residual) is evaluated
+like any policy. For an object with a heading (square's nut) it also prints where the gripper closed in
+the object's own frame and the yaw of its fingers against the object's x axis, for the successes and
+the missed grasps apart: whether a miss is a grasp too high, off along the handle, or turned.
 
     python benchmarks/rl_failures.py benchmarks/results/rl_work/base_can_v2/checkpoints/step_0001200 --task can
     python benchmarks/rl_failures.py benchmarks/results/rl_work/rl_can_sparse_v2reg --task can
@@ -62,6 +65,31 @@ def steer(action: np.ndarray, eef: np.ndarray, obj: np.ndarray, bound: float, ho
     return out
 
 
+def quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = np.asarray(q, dtype=np.float64) / max(float(np.linalg.norm(q)), 1e-12)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def grasp_in_object_frame(control: dict[str, np.ndarray], first_close: int | None) -> dict[str, Any]:
+    """Where the gripper was, in the object's own frame, a few ticks after the first close, and the yaw of
+    its finger axis (the eef's y axis) against the object's x axis, folded into [0, 90] degrees (a
+    two-finger grasp is the same either way round). Meaningful for objects with a heading (square's nut:
+    its handle); the ``object`` vector must start with position and the rotation as rot6d."""
+    if first_close is None or control["object"].shape[1] < 9 or "robot0_eef_quat" not in control:
+        return {}
+    t = min(first_close + 5, len(control["object"]) - 1)
+    o = control["object"][t]
+    ox, oy = o[3:6], o[6:9]
+    rot = np.stack([ox, oy, np.cross(ox, oy)], axis=1)
+    local = rot.T @ (control["robot0_eef_pos"][t] - o[:3])
+    fingers = quat_xyzw_to_mat(control["robot0_eef_quat"][t])[:, 1]
+    yaw = np.degrees(np.arctan2(fingers[1], fingers[0]) - np.arctan2(ox[1], ox[0])) % 180.0
+    return {"eef_in_object_frame_m": [round(float(v), 3) for v in local],
+            "finger_yaw_vs_object_x_deg": round(float(min(yaw, 180.0 - yaw)), 1)}
+
+
 def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
     """One episode's control rows -> its failure mode and the numbers behind it."""
     obj = control["object"][:, :3]
@@ -77,6 +105,7 @@ def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
         "offset_at_close_m": None if first_close is None else
         [round(float(v), 3) for v in (eef - obj)[min(first_close + 5, len(obj) - 1)]],
         "min_eef_object_m": round(float(np.linalg.norm(eef - obj, axis=1).min()), 3),
+        **grasp_in_object_frame(control, first_close),
         "object_xy0": [round(float(v), 3) for v in obj[0, :2]],
     }
     if success:
@@ -173,6 +202,18 @@ def main() -> None:
               f"success {b['success']}")
     for k, v in summary["median_offset_at_close_m"].items():
         print(f"  median eef - object (x, y, z) at the first close, {k}: {v}")
+    for mode in ("success", "never_lifted"):
+        mine = [r for r in rows if r["mode"] == mode and "eef_in_object_frame_m" in r]
+        if not mine:
+            continue
+        local = np.array([r["eef_in_object_frame_m"] for r in mine])
+        yaw = np.percentile([r["finger_yaw_vs_object_x_deg"] for r in mine], [25, 50, 75]).round(1).tolist()
+        iqr = (np.percentile(local, 75, 0) - np.percentile(local, 25, 0)).round(3).tolist()
+        med = np.median(local, 0).round(3).tolist()
+        summary.setdefault("object_frame_at_close", {})[mode] = {
+            "eef_median_m": med, "eef_iqr_m": iqr, "finger_yaw_deg_quartiles": yaw}
+        print(f"  {mode}: eef in the object's frame at the first close, median {med} m (IQR {iqr}); "
+              f"finger yaw vs the object's x axis, quartiles {yaw} deg")
     name = path.parent.parent.name + "_" + path.name if path.parent.name == "checkpoints" else path.name
     if args.steer > 0:
         name += f"_steer{args.steer:g}"

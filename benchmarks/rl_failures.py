@@ -107,6 +107,9 @@ def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
         "min_eef_object_m": round(float(np.linalg.norm(eef - obj, axis=1).min()), 3),
         **grasp_in_object_frame(control, first_close),
         "object_xy0": [round(float(v), 3) for v in obj[0, :2]],
+        # the object's starting heading (its x axis in the table plane), when the vector carries a rotation
+        **({"object_yaw0_deg": round(float(np.degrees(np.arctan2(control["object"][0, 4], control["object"][0, 3]))), 1)}
+           if control["object"].shape[1] >= 9 else {}),
     }
     if success:
         row["mode"] = "success"

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from robolearn.sim.env import quat_to_rot6d
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
 
@@ -65,26 +67,19 @@ def steer(action: np.ndarray, eef: np.ndarray, obj: np.ndarray, bound: float, ho
     return out
 
 
-def quat_xyzw_to_mat(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = np.asarray(q, dtype=np.float64) / max(float(np.linalg.norm(q)), 1e-12)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def grasp_in_object_frame(control: dict[str, np.ndarray], first_close: int | None) -> dict[str, Any]:
+def grasp_in_object_frame(control: dict[str, np.ndarray], t: int | None) -> dict[str, Any]:
     """Where the gripper was, in the object's own frame, a few ticks after the first close, and the yaw of
     its finger axis (the eef's y axis) against the object's x axis, folded into [0, 90] degrees (a
     two-finger grasp is the same either way round). Meaningful for objects with a heading (square's nut:
-    its handle); the ``object`` vector must start with position and the rotation as rot6d."""
-    if first_close is None or control["object"].shape[1] < 9 or "robot0_eef_quat" not in control:
+    its handle); the ``object`` vector must start with position and the rotation as rot6d. ``t``: the
+    tick to read (None: the gripper never closed)."""
+    if t is None or control["object"].shape[1] < 9 or "robot0_eef_quat" not in control:
         return {}
-    t = min(first_close + 5, len(control["object"]) - 1)
     o = control["object"][t]
     ox, oy = o[3:6], o[6:9]
     rot = np.stack([ox, oy, np.cross(ox, oy)], axis=1)
     local = rot.T @ (control["robot0_eef_pos"][t] - o[:3])
-    fingers = quat_xyzw_to_mat(control["robot0_eef_quat"][t])[:, 1]
+    fingers = quat_to_rot6d(control["robot0_eef_quat"][t])[3:6]  # the eef's y axis: rot6d's second column
     yaw = np.degrees(np.arctan2(fingers[1], fingers[0]) - np.arctan2(ox[1], ox[0])) % 180.0
     return {"eef_in_object_frame_m": [round(float(v), 3) for v in local],
             "finger_yaw_vs_object_x_deg": round(float(min(yaw, 180.0 - yaw)), 1)}
@@ -97,19 +92,19 @@ def classify(control: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
     lifted = obj[:, 2] - obj[0, 2] > LIFT_M
     closing = np.where(control["action"][:, -1] > 0)[0]  # gripper command > 0 closes (robosuite)
     first_close = int(closing[0]) if len(closing) else None
+    # a few ticks after the first close (the fingers take that long to shut)
+    at_close = None if first_close is None else min(first_close + 5, len(obj) - 1)
+    o0 = control["object"][0]
+    heading = {"object_yaw0_deg": round(float(np.degrees(np.arctan2(o0[4], o0[3]))), 1)} if len(o0) >= 9 else {}
     row: dict[str, Any] = {
         "success": success, "steps": len(obj), "first_lift": int(np.argmax(lifted)) if lifted.any() else None,
         "first_close": first_close, "closes": int(np.sum(np.diff((control["action"][:, -1] > 0).astype(int)) == 1)
                                                   + int(control["action"][0, -1] > 0)),
-        # eef - object a few ticks after the first close (the fingers take that long to shut)
-        "offset_at_close_m": None if first_close is None else
-        [round(float(v), 3) for v in (eef - obj)[min(first_close + 5, len(obj) - 1)]],
+        "offset_at_close_m": None if at_close is None else [round(float(v), 3) for v in (eef - obj)[at_close]],
         "min_eef_object_m": round(float(np.linalg.norm(eef - obj, axis=1).min()), 3),
-        **grasp_in_object_frame(control, first_close),
+        **grasp_in_object_frame(control, at_close),
         "object_xy0": [round(float(v), 3) for v in obj[0, :2]],
-        # the object's starting heading (its x axis in the table plane), when the vector carries a rotation
-        **({"object_yaw0_deg": round(float(np.degrees(np.arctan2(control["object"][0, 4], control["object"][0, 3]))), 1)}
-           if control["object"].shape[1] >= 9 else {}),
+        **heading,  # the object's starting heading (its x axis in the table plane), when it has a rotation
     }
     if success:
         row["mode"] = "success"

@@ -70,6 +70,31 @@ def reward_dir(task: str, args: argparse.Namespace) -> Path:
     return WORK / (f"reward_{task}" + (f"_{args.reward_tag}" if args.reward_tag else ""))
 
 
+def spread_seeds(task: str, n: int, scan: int = 2000) -> list[int]:
+    """``n`` seeds whose objects start at headings spread evenly over the circle: the lowest seed in each
+    of ``n`` equal heading bins. Random seeds leave gaps; a grasp that depends on the heading (square's
+    handle) is then never shown there."""
+    import numpy as np
+
+    from robolearn.data.schema import CONTROL_STREAM
+    from robolearn.rigs import make_rig
+
+    rig = make_rig(f"sim:{task}")
+    try:
+        picked: dict[int, int] = {}
+        for seed in range(scan):
+            o = np.asarray(rig.reset(seed=seed)[CONTROL_STREAM].values["object"])
+            if len(o) < 9:
+                raise SystemExit(f"--demo-spread: sim:{task}'s object has no orientation (rot6d) to spread over")
+            yaw = np.arctan2(o[4], o[3])  # rot6d's first column is the object's x axis
+            picked.setdefault(min(int((yaw + np.pi) / (2 * np.pi) * n), n - 1), seed)
+            if len(picked) == n:
+                break
+    finally:
+        rig.close()
+    return sorted(picked.values())
+
+
 def stage_bases(args: argparse.Namespace) -> None:
     import torch
 
@@ -84,10 +109,18 @@ def stage_bases(args: argparse.Namespace) -> None:
         cell = res["bases"].setdefault(base_key(task, args), {"demos": args.demos, "checkpoints": {}})
         if cell.get("chosen"):
             continue
-        store = WORK / f"{task}_{args.demos}.zarr"
+        store = WORK / (f"{task}_{args.demos}" + ("_spread" if args.demo_spread else "") + ".zarr")
         if not store.exists() or DemoStore.open(store).n_episodes < args.demos:
             t0 = time.time()
-            record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.demos, seed=0))
+            if args.demo_spread:
+                seeds = spread_seeds(task, args.demos)
+                cell["demo_seeds"] = seeds
+                have = DemoStore.open(store).n_episodes if store.exists() else 0
+                # One seed per call, ascending: a seed whose expert fails moves on to the next seed.
+                for seed in seeds[have:]:
+                    record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=1, seed=seed, workers=1))
+            else:
+                record(RecordConfig(rig=f"sim:{task}", out=str(store), episodes=args.demos, seed=0))
             cell["record_s"] = time.time() - t0
         run = WORK / (f"base_{task}" + (f"_{args.base_tag}" if args.base_tag else ""))
         recipe = load_recipe(ROOT / "policies" / f"{args.base_recipe}.yaml",
@@ -215,6 +248,8 @@ def main() -> None:
     ap.add_argument("--rewards", default="sparse")
     ap.add_argument("--demos", type=int, default=20)
     ap.add_argument("--base-steps", type=int, default=2000)
+    ap.add_argument("--demo-spread", action="store_true", help="stage bases: demonstrations from seeds whose "
+                    "objects start at headings spread evenly over the circle (own store <task>_<N>_spread.zarr)")
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--max-base-success", type=float, default=0.6)
     ap.add_argument("--failures", type=int, default=10, help="stalled attempts for the reward model")
